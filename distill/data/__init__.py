@@ -1,0 +1,1 @@
+"""Manifests, importers from standard corpus layouts, audio decoding and augmentation."""

@@ -1,0 +1,1 @@
+"""SALMONN-style students: Whisper + BEATs encoders, window Q-Former, projection, QLoRA or MoE LLM."""

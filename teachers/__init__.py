@@ -1,0 +1,1 @@
+"""Teacher service: prompts, backends (vLLM server, vLLM offline, transformers) and the soft-target cache."""
