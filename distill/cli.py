@@ -1,0 +1,202 @@
+"""The ``distill`` command: one entry point, one subcommand per stage of the pipeline.
+
+Heavy libraries (torch, transformers, datasets) are imported inside the handlers, never at module
+level, so ``distill --help`` answers instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from distill import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_IMPLEMENTED = 0, 1, 2, 3
+
+OVERVIEW = """\
+distill: knowledge distillation for small, fast SALMONN-class audio language models.
+
+The pipeline, left to right (every step reads one YAML recipe, see recipes/):
+  prepare-data      corpora on disk (LibriSpeech, Clotho, AudioCaps, WavCaps, SALMONN JSON)
+                    -> JSONL manifests
+  serve-teacher     start a vLLM server for the recipe's text-only teacher
+  generate-teacher  teacher top-k soft targets (and rationales) -> a verified disk cache
+  train-student     fit the SALMONN-style student with CE + KD from the cache
+  evaluate          WER, caption metrics and efficiency (TTFT, TPOT, memory) -> a report
+  demo              all of the above, tiny, on a laptop CPU
+
+Start with:  distill validate recipes/demo.yaml --plan
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep our hand-written layout and still show defaults."""
+
+
+def _recipe_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", type=Path, help="YAML recipe file, e.g. recipes/salmonn_1b.yaml")
+
+
+def _add(
+    sub: argparse._SubParsersAction, name: str, summary: str, example: str, description: str = ""
+) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=f"{summary}\n\n{description}".rstrip(),
+        epilog=f"example:\n  {example}",
+        formatter_class=_Formatter,
+    )
+
+
+# ---------------------------------------------------------------------------------- validate
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from distill.config import RecipeError, dump_recipe, load_recipe
+    from distill.plan import describe_plan, missing_inputs
+
+    status = EXIT_OK
+    for path in args.recipes:
+        try:
+            recipe = load_recipe(path)
+        except RecipeError as err:
+            print(f"error: {err}", file=sys.stderr)
+            status = EXIT_BAD_INPUT
+            continue
+        print(f"ok: {path}: recipe {recipe.name!r} (stage {recipe.stage})")
+        if args.show:
+            print(dump_recipe(recipe))
+        if args.plan:
+            print(describe_plan(recipe))
+        if args.check_files:
+            problems = missing_inputs(recipe)
+            for problem in problems:
+                print(f"error: {path}: {problem}", file=sys.stderr)
+            if problems:
+                status = EXIT_BAD_INPUT
+    return status
+
+
+def _add_validate(sub: argparse._SubParsersAction) -> None:
+    parser = _add(
+        sub,
+        "validate",
+        "Check recipes against the schema before any work starts.",
+        "distill validate recipes/*.yaml --plan",
+        "Unknown keys, wrong types and out-of-range values are reported with the file, the line,\n"
+        "the key path and what was expected. `base:` inheritance is resolved first.",
+    )
+    parser.add_argument("recipes", nargs="+", type=Path, help="one or more recipe files")
+    parser.add_argument("--show", action="store_true", help="print the fully resolved recipe")
+    parser.add_argument("--plan", action="store_true", help="print what the pipeline would run")
+    parser.add_argument(
+        "--check-files",
+        action="store_true",
+        help="also check that the manifests the recipe names exist and are valid",
+    )
+    parser.set_defaults(func=_cmd_validate)
+
+
+# ------------------------------------------------------------------------- not yet implemented
+def _not_implemented(issue: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        print(
+            f"distill {args.command}: not implemented yet (tracked as issue {issue}); "
+            "nothing was run.",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_IMPLEMENTED
+
+    return handler
+
+
+def _add_pending(sub: argparse._SubParsersAction) -> None:
+    serve = _add(
+        sub,
+        "serve-teacher",
+        "Start a vLLM server for the recipe's teacher and wait until it is healthy.",
+        "distill serve-teacher recipes/salmonn_1b.yaml --port 8000",
+        "vLLM runs in its own environment: teacher.server.python names that interpreter.",
+    )
+    _recipe_arg(serve)
+    serve.add_argument("--host", default=None, help="bind address (default: the recipe's)")
+    serve.add_argument("--port", type=int, default=None, help="port (default: the recipe's)")
+    serve.set_defaults(func=_not_implemented("C"))
+
+    generate = _add(
+        sub,
+        "generate-teacher",
+        "Write the teacher's top-k soft targets (and rationales) for every sample to the cache.",
+        "distill generate-teacher recipes/salmonn_1b.yaml --endpoint http://10.0.0.5:8000/v1",
+        "Resumable: a rerun skips the sample ids already stored.",
+    )
+    _recipe_arg(generate)
+    generate.add_argument(
+        "--endpoint", action="append", default=None, help="a running server (repeatable)"
+    )
+    generate.set_defaults(func=_not_implemented("C"))
+
+    train = _add(
+        sub,
+        "train-student",
+        "Train the student with CE + KD from the cached teacher targets, then evaluate it.",
+        "accelerate launch -m distill.cli train-student recipes/salmonn_1b.yaml --resume",
+    )
+    _recipe_arg(train)
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
+    train.set_defaults(func=_not_implemented("E"))
+
+    evaluate = _add(
+        sub,
+        "evaluate",
+        "Score a student: ASR WER, caption metrics, efficiency; writes a report.",
+        "distill evaluate recipes/salmonn_1b.yaml --checkpoint runs/salmonn_1b/student/best",
+    )
+    _recipe_arg(evaluate)
+    evaluate.add_argument("--checkpoint", type=Path, required=True, help="student checkpoint dir")
+    evaluate.set_defaults(func=_not_implemented("F"))
+
+    cache = _add(
+        sub,
+        "cache",
+        "Inspect a soft-target cache: verify checksums and counts, or print statistics.",
+        "distill cache verify runs/salmonn_1b/teacher_cache",
+    )
+    cache.add_argument("action", choices=["verify", "stats"], help="what to do")
+    cache.add_argument("directory", type=Path, help="the cache directory")
+    cache.set_defaults(func=_not_implemented("C"))
+
+    demo = _add(
+        sub,
+        "demo",
+        "Run the whole pipeline end to end on a tiny synthetic data set on the CPU.",
+        "distill demo",
+    )
+    demo.add_argument("--recipe", type=Path, default=Path("recipes/demo.yaml"))
+    demo.set_defaults(func=_not_implemented("G"))
+
+
+# ------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    from distill.data import prepare
+
+    parser = argparse.ArgumentParser(
+        prog="distill", description=OVERVIEW, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"distill {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_validate(sub)
+    prepare.add_parser(sub)
+    _add_pending(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Decode one audio file into the waveform every encoder expects (REFERENCE.md §1).
+
+Rules, shared by training, evaluation and the app: mono (the first channel, as upstream SALMONN
+does, rather than a downmix), 16 kHz, padded with zeros to at least 1 s, cut at 30 s. Decoding goes
+through soundfile only: ``torchaudio.load`` needs torchcodec, which does not run on our machines
+(REFERENCE.md §5).
+
+Why so many checks: a corpus of a million clips always holds a few broken files, and a broken file
+must fail *here*, with its name, not as a NaN loss or a silent half-clip thousands of steps later.
+libsndfile does not report everything itself: it silently shortens a WAV whose header claims more
+data than the file holds, and it may report an empty stream for a damaged Ogg file. So we read the
+WAV header ourselves and check every frame count.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+if TYPE_CHECKING:
+    from distill.config import AudioConfig
+
+logger = logging.getLogger(__name__)
+
+_READ_BLOCK_FRAMES = 1 << 16
+
+
+class AudioError(ValueError):
+    """A file that cannot give a usable waveform; the message names the file and the reason.
+
+    ``reason`` is a short key (``empty``, ``non_finite``, ``undecodable``, ``truncated``,
+    ``not_found``) so skipped files can be counted by cause. The message is the only positional
+    argument so the error survives pickling and DataLoader workers re-raising it.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, reason: str = "undecodable"):
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
+def _audio_error(path: str | Path, reason: str, detail: str) -> AudioError:
+    return AudioError(f"{path}: {detail}", path=str(path), reason=reason)
+
+
+@dataclass
+class AudioClip:
+    """A decoded clip and what was done to it (reports need to know about cuts and padding)."""
+
+    waveform: torch.Tensor  # 1-D float32 at ``sample_rate``
+    sample_rate: int
+    source_seconds: float  # duration of the file, before padding or cutting
+    was_cut: bool
+    was_padded: bool
+
+
+def load_audio(
+    path: str | Path,
+    *,
+    sample_rate: int = 16000,
+    min_seconds: float = 1.0,
+    max_seconds: float = 30.0,
+) -> AudioClip:
+    """Decode ``path``: first channel, resampled, padded to ``min_seconds``, cut at ``max_seconds``.
+
+    Raises AudioError for any file that cannot give a finite, non-empty, complete waveform.
+    """
+    if min_seconds > max_seconds:
+        raise ValueError(f"min_seconds ({min_seconds}) must be <= max_seconds ({max_seconds})")
+    samples, source_rate = _decode_first_channel(Path(path))
+    waveform = torch.from_numpy(samples)
+    if source_rate != sample_rate:
+        waveform = AF.resample(waveform, source_rate, sample_rate)
+    min_samples = round(min_seconds * sample_rate)
+    max_samples = round(max_seconds * sample_rate)
+    was_cut = waveform.numel() > max_samples
+    was_padded = waveform.numel() < min_samples
+    if was_cut:
+        waveform = waveform[:max_samples]
+    elif was_padded:
+        waveform = torch.nn.functional.pad(waveform, (0, min_samples - waveform.numel()))
+    return AudioClip(
+        waveform=waveform.contiguous(),
+        sample_rate=sample_rate,
+        source_seconds=len(samples) / source_rate,
+        was_cut=was_cut,
+        was_padded=was_padded,
+    )
+
+
+def _decode_first_channel(path: Path) -> tuple[np.ndarray, int]:
+    """The first channel as float32 in [-1, 1] (float files may exceed it) and its sample rate."""
+    if not path.is_file():
+        raise _audio_error(path, "not_found", "file not found")
+    try:
+        with sf.SoundFile(path) as audio:
+            declared_frames, source_rate = audio.frames, audio.samplerate
+            samples = _read_blocks(audio, path, declared_frames)
+    except sf.SoundFileError as err:
+        raise _audio_error(path, "undecodable", f"could not be decoded: {err}") from None
+    promised = max(declared_frames, _wav_header_frames(path) or 0)
+    if len(samples) < promised:
+        raise _audio_error(
+            path,
+            "truncated",
+            f"is truncated: header says {promised} frames, only {len(samples)} could be read",
+        )
+    if len(samples) == 0:
+        raise _audio_error(path, "empty", "audio is empty (0 samples)")
+    if not np.isfinite(samples).all():
+        raise _audio_error(path, "non_finite", "contains NaN or infinite samples")
+    return samples, source_rate
+
+
+def _read_blocks(audio: sf.SoundFile, path: Path, declared_frames: int) -> np.ndarray:
+    """Read block by block so a decoder failure can say how far it got (truncated FLAC)."""
+    blocks: list[np.ndarray] = []
+    read = 0
+    while True:
+        try:
+            block = audio.read(_READ_BLOCK_FRAMES, dtype="float32", always_2d=True)
+        except sf.SoundFileError as err:
+            raise _audio_error(
+                path,
+                "truncated",
+                f"is truncated or corrupt: header says {declared_frames} frames, "
+                f"decoding failed after {read}: {err}",
+            ) from None
+        if len(block) == 0:
+            break
+        blocks.append(block[:, 0].copy())
+        read += len(block)
+    return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+
+
+def _wav_header_frames(path: Path) -> int | None:
+    """Frames a RIFF/WAVE header promises, or None when it is not a plain WAV or promises nothing.
+
+    libsndfile clamps a WAV's frame count to the bytes present without any warning, so comparing
+    ``soundfile.info(path).frames`` with what was read cannot catch a cut WAV: the header can.
+    """
+    with path.open("rb") as file:
+        head = file.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while True:
+            chunk = file.read(8)
+            if len(chunk) < 8:
+                return None
+            chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if chunk_id == b"fmt " and size >= 14:
+                fmt = file.read(size + (size & 1))
+                block_align = struct.unpack("<H", fmt[12:14])[0]
+            elif chunk_id == b"data":
+                # 0 and 0xFFFFFFFF are placeholders written by streaming encoders.
+                if not block_align or size in (0, 0xFFFFFFFF):
+                    return None
+                return size // block_align
+            else:
+                file.seek(size + (size & 1), 1)
+
+
+# ------------------------------------------------------------------------------------- loader
+@dataclass
+class AudioStats:
+    """What an AudioLoader did, for end-of-run reports (per process: workers count separately)."""
+
+    loaded: int = 0
+    cut: int = 0
+    padded: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
+class AudioLoader:
+    """load_audio with the recipe's rules and its ``on_error`` policy, counting what happened.
+
+    ``on_error: skip`` turns an AudioError into ``None`` so one broken file out of a million does
+    not stop a run; it never swallows any other exception (those are bugs, not bad data).
+    """
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 16000,
+        min_seconds: float = 1.0,
+        max_seconds: float = 30.0,
+        on_error: str = "raise",
+    ):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.sample_rate = sample_rate
+        self.min_seconds = min_seconds
+        self.max_seconds = max_seconds
+        self.on_error = on_error
+        self.stats = AudioStats()
+        self._reported: set[str] = set()
+
+    @classmethod
+    def from_config(cls, cfg: AudioConfig) -> AudioLoader:
+        return cls(
+            sample_rate=cfg.sample_rate,
+            min_seconds=cfg.min_seconds,
+            max_seconds=cfg.max_seconds,
+            on_error=cfg.on_error,
+        )
+
+    def load(self, path: str | Path) -> AudioClip | None:
+        """The clip, or None when the file is broken and the policy is ``skip``."""
+        try:
+            clip = load_audio(
+                path,
+                sample_rate=self.sample_rate,
+                min_seconds=self.min_seconds,
+                max_seconds=self.max_seconds,
+            )
+        except AudioError as err:
+            if self.on_error == "raise":
+                raise
+            self.stats.skipped[err.reason] += 1
+            self._log_once(str(path), logging.WARNING, "skipped %s", err)
+            return None
+        self.stats.loaded += 1
+        self.stats.padded += clip.was_padded
+        if clip.was_cut:
+            self.stats.cut += 1
+            self._log_once(
+                str(path),
+                logging.INFO,
+                "%s: cut at %.1f s (was %.2f s)",
+                path,
+                self.max_seconds,
+                clip.source_seconds,
+            )
+        return clip
+
+    __call__ = load
+
+    def _log_once(self, key: str, level: int, message: str, *args: object) -> None:
+        # Files come back every epoch; one line per file keeps the log readable.
+        if key not in self._reported:
+            self._reported.add(key)
+            logger.log(level, message, *args)
+
+    def summary(self) -> str:
+        """One line for the end-of-run report."""
+        stats = self.stats
+        skipped = sum(stats.skipped.values())
+        line = (
+            f"audio: {stats.loaded} loaded, {stats.cut} cut at {self.max_seconds:g} s, "
+            f"{stats.padded} padded to {self.min_seconds:g} s, {skipped} skipped"
+        )
+        if skipped:
+            reasons = ", ".join(f"{reason}: {n}" for reason, n in stats.skipped.most_common())
+            line += f" ({reasons})"
+        return line
