@@ -96,3 +96,20 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert "make test" in readme and "make demo" in readme
     commands = [line for line in ci.splitlines() if line and not line.startswith(("#", "set ", "cd "))]
     assert commands == ["make test"]
+
+
+def test_validate_check_files_accepts_present_valid_manifests(tmp_path, capsys):
+    import soundfile as sf
+
+    sf.write(tmp_path / "a.wav", [0.0] * 16000, 16000)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"id": "a", "audio": "a.wav", "task": "asr", "text": "hi"}\n')
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"name: r\ndata:\n  train: [{{path: {manifest}}}]\neval:\n  sets:\n"
+        f"    - {{name: t, manifest: {manifest}, task: asr, metrics: [wer]}}\n"
+    )
+    assert main(["validate", str(recipe), "--check-files"]) == 0
+    manifest.write_text('{"id": "a", "audio": "gone.wav", "task": "asr", "text": "hi"}\n')
+    assert main(["validate", str(recipe), "--check-files"]) == EXIT_BAD_INPUT
+    assert f"{manifest}:1:" in capsys.readouterr().err
