@@ -1,0 +1,1 @@
+"""The student trainer: data, loss mix, accelerate loop, dynamic clipping, exact-resume checkpoints."""

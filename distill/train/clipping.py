@@ -1,0 +1,153 @@
+"""Dynamic gradient clipping: ZClip (default), AutoClip, a fixed max, or none.
+
+Why dynamic: a fixed max norm that suits step 100 is wrong by step 50000 (norms drift by orders of
+magnitude), and distillation adds loss spikes when a teacher target disagrees sharply with the
+student. ZClip (Kumar et al., 2025) keeps an EMA of the gradient norm's mean and variance and
+clips only statistical outliers; AutoClip (Seetharaman et al., 2020) clips at a percentile of the
+norms seen so far. Both keep ``max_norm`` as a hard cap.
+
+Every clipper answers one question, ``decide(norm)``: the threshold to enforce this step given the
+pre-clip global norm. The trainer applies it (by scaling gradients itself, or by handing it to
+DeepSpeed), so the same rule works with or without DeepSpeed. ``state_dict`` makes resume exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ClipDecision:
+    norm: float  # global gradient norm before clipping
+    threshold: float | None  # the max norm enforced this step (None: no limit)
+
+    @property
+    def clipped(self) -> bool:
+        return self.threshold is not None and self.norm > self.threshold
+
+    @property
+    def scale(self) -> float:
+        """Factor to multiply every gradient by (1.0 when not clipped)."""
+        return self.threshold / (self.norm + 1e-6) if self.clipped else 1.0
+
+
+class NoClip:
+    def decide(self, norm: float) -> ClipDecision:
+        return ClipDecision(norm, None)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class FixedClip(NoClip):
+    def __init__(self, max_norm: float):
+        self.max_norm = max_norm
+
+    def decide(self, norm: float) -> ClipDecision:
+        return ClipDecision(norm, self.max_norm)
+
+
+class ZClip:
+    """z-score clipping on an EMA of the norm's mean and variance.
+
+    During ``warmup_steps`` norms are collected (only the ``max_norm`` cap applies), then mean and
+    variance start from that buffer. A norm whose z-score exceeds ``z_threshold`` is clipped to
+    ``mean + z_threshold * std / (z / z_threshold)`` (stronger outliers are pulled down harder),
+    and the EMA is fed the clipped value so one spike does not inflate the statistics.
+    """
+
+    def __init__(self, alpha: float = 0.97, z_threshold: float = 2.5, warmup_steps: int = 25,
+                 max_norm: float | None = None, eps: float = 1e-6):
+        self.alpha, self.z_threshold, self.warmup_steps = alpha, z_threshold, warmup_steps
+        self.max_norm, self.eps = max_norm, eps
+        self.warmup_norms: list[float] = []
+        self.mean: float | None = None
+        self.var: float | None = None
+
+    def decide(self, norm: float) -> ClipDecision:
+        if not math.isfinite(norm):
+            # A NaN/inf norm says nothing about the distribution: cap it and keep the statistics.
+            return ClipDecision(norm, self.max_norm if self.max_norm is not None else 0.0)
+        if self.mean is None:
+            self._collect(norm)
+            return ClipDecision(norm, self.max_norm)
+        std = math.sqrt(self.var)
+        z = (norm - self.mean) / (std + self.eps)
+        threshold = None
+        if z > self.z_threshold:
+            threshold = self.mean + self.z_threshold * std / (z / self.z_threshold)
+        if self.max_norm is not None:
+            threshold = self.max_norm if threshold is None else min(threshold, self.max_norm)
+        effective = min(norm, threshold) if threshold is not None else norm
+        self._update(effective)
+        return ClipDecision(norm, threshold)
+
+    def _collect(self, norm: float) -> None:
+        self.warmup_norms.append(norm)
+        if len(self.warmup_norms) >= max(1, self.warmup_steps):
+            count = len(self.warmup_norms)
+            self.mean = sum(self.warmup_norms) / count
+            self.var = sum((x - self.mean) ** 2 for x in self.warmup_norms) / count
+            self.warmup_norms = []
+
+    def _update(self, norm: float) -> None:
+        self.mean = self.alpha * self.mean + (1 - self.alpha) * norm
+        self.var = self.alpha * self.var + (1 - self.alpha) * (norm - self.mean) ** 2
+
+    def state_dict(self) -> dict:
+        return {"warmup_norms": list(self.warmup_norms), "mean": self.mean, "var": self.var}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.warmup_norms = list(state["warmup_norms"])
+        self.mean, self.var = state["mean"], state["var"]
+
+
+class AutoClip:
+    """Clip at the ``percentile`` of the last ``history`` norms (the first step: the cap only)."""
+
+    def __init__(self, percentile: float = 10.0, history: int = 1000, max_norm: float | None = None):
+        self.percentile, self.history, self.max_norm = percentile, history, max_norm
+        self.norms: list[float] = []  # in arrival order, for the sliding window
+
+    def decide(self, norm: float) -> ClipDecision:
+        threshold = self._percentile() if self.norms else None
+        if self.max_norm is not None:
+            threshold = self.max_norm if threshold is None else min(threshold, self.max_norm)
+        if math.isfinite(norm):
+            self.norms.append(norm)
+            del self.norms[: -self.history]
+        return ClipDecision(norm, threshold)
+
+    def _percentile(self) -> float:
+        """Linear-interpolated percentile, as numpy's default."""
+        ordered = sorted(self.norms)
+        position = (len(ordered) - 1) * self.percentile / 100.0
+        low = math.floor(position)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+    def state_dict(self) -> dict:
+        return {"norms": list(self.norms)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.norms = list(state["norms"])
+
+
+def build_clipper(cfg) -> NoClip | FixedClip | ZClip | AutoClip:
+    """From a ``distill.config.ClipConfig``."""
+    if cfg.mode == "none":
+        return NoClip()
+    if cfg.mode == "fixed":
+        return FixedClip(cfg.max_norm)
+    if cfg.mode == "zclip":
+        return ZClip(cfg.zclip_alpha, cfg.zclip_z_threshold, cfg.zclip_warmup_steps, cfg.max_norm)
+    if cfg.mode == "autoclip":
+        return AutoClip(cfg.autoclip_percentile, cfg.autoclip_history, cfg.max_norm)
+    raise ValueError(f"unknown clip mode {cfg.mode!r}")
+
+
+__all__ = ["AutoClip", "ClipDecision", "FixedClip", "NoClip", "ZClip", "build_clipper"]
