@@ -131,6 +131,9 @@ class MoEConfig(Strict):
     gate_noise: bool = True
     balance_weight: NonNegFloat = 0.01
     split_seed: int = 0
+    # Expert outputs are multiplied by this; None means E/k as in LLaMA-MoE. (With k = E and
+    # equal gates a scale of E reproduces the dense FFN exactly; E/k = 1 gives dense / E.)
+    score_scale: PositiveFloat | None = None
 
     @model_validator(mode="after")
     def _top_k_fits(self) -> MoEConfig:

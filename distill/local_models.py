@@ -47,7 +47,8 @@ def smollm2_instruct(cache_dir: str | Path | None = None) -> Path:
     The conversion is atomic (a temp folder renamed into place), so an interrupted run never
     leaves a half-written model that a later run would trust.
     """
-    target = Path(cache_dir or default_cache_dir()) / "smollm2-135m-instruct"
+    # The suffix versions the conversion: a change to _convert_gguf must not reuse old folders.
+    target = Path(cache_dir or default_cache_dir()) / "smollm2-135m-instruct-v2"
     if (target / "config.json").is_file():
         return target
     gguf = smollm2_gguf_path()
@@ -76,6 +77,10 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     # A model loaded from GGUF keeps GGUF bookkeeping in its config; a fresh LlamaForCausalLM
     # with the same architecture and the copied weights saves as an ordinary checkpoint.
     config = loaded.config
+    # The GGUF loader records quant_method "gguf"; left in config.json it would make transformers
+    # refuse every later BitsAndBytesConfig (4-bit QLoRA) for a model that is plain float32 now.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     config.tie_word_embeddings = getattr(config, "tie_word_embeddings", True)
     plain = LlamaForCausalLM(config)
     missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)

@@ -34,3 +34,10 @@ def test_second_call_reuses_the_cached_folder():
     stamp = (first / "model.safetensors").stat().st_mtime_ns
     assert smollm2_instruct() == first
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_converted_config_is_plain_so_4bit_loading_is_allowed():
+    import json
+
+    config = json.loads((smollm2_instruct() / "config.json").read_text())
+    assert "quantization_config" not in config

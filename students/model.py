@@ -1,0 +1,215 @@
+"""The SALMONN-style student: Whisper (+ BEATs) -> window Q-Former -> projection -> LLM.
+
+Why the forward returns hidden states, not logits: the loss (``distill.losses``) multiplies them
+with the lm_head weight chunk by chunk, so [tokens x vocab] logits never exist in fp32 at once.
+Logits are computed only when asked.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from distill.config import DecodingConfig, ModelConfig
+from students.beats import BEATs, load_beats
+from students.fusion import AudioFusion
+from students.llm import causal_lm, end_token_ids, load_llm, load_tokenizer, torch_dtype
+from students.moe.layer import moe_balance_loss
+from students.processor import SalmonnProcessor
+from students.prompting import assemble_inputs, shift_labels
+from students.qformer import WindowQFormer
+from students.whisper_encoder import load_whisper_encoder
+
+
+@dataclass
+class StudentOutput:
+    """What ``SalmonnStudent.forward`` returns.
+
+    ``hidden_states`` [B, T, H]: after the LLM's final norm, before lm_head. ``labels`` [B, T]:
+    shifted, so ``hidden_states[:, t]`` is scored against ``labels[:, t]`` (-100 = no loss).
+    ``logits`` [B, T, V] only with ``return_logits=True``. ``balance_loss``: the MoE balance
+    loss summed over layers (already weighted), None without MoE.
+    """
+
+    hidden_states: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    balance_loss: torch.Tensor | None = None
+    audio_embeds: torch.Tensor | None = None
+
+
+class SalmonnStudent(nn.Module):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        whisper: nn.Module,
+        beats: BEATs | None,
+        llm: nn.Module,
+        tokenizer,
+    ):
+        super().__init__()
+        self.config = cfg
+        self.whisper = whisper
+        self.beats = beats
+        self.fusion = AudioFusion(whisper.config.d_model, beats.output_dim if beats else 0)
+        self.qformer = WindowQFormer(cfg.qformer, self.fusion.out_dim)
+        hidden = causal_lm(llm).config.get_text_config().hidden_size
+        self.projection = nn.Linear(cfg.qformer.hidden_size, hidden)
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.end_ids = end_token_ids(tokenizer, causal_lm(llm))
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else self.end_ids[0])
+        self.processor = SalmonnProcessor.from_config(cfg, tokenizer, end_ids=self.end_ids)
+
+    # ------------------------------------------------------------------ building and io
+    @classmethod
+    def from_config(
+        cls, cfg: ModelConfig, *, device: str | torch.device | None = None, tokenizer=None
+    ) -> SalmonnStudent:
+        """Build from the recipe's ``model`` section; pretrained parts load from their paths."""
+        dtype = torch_dtype(cfg.compute_dtype)
+        whisper = load_whisper_encoder(cfg.whisper, dtype)
+        beats = None
+        if cfg.beats.enabled:
+            beats = load_beats(
+                cfg.beats.checkpoint,
+                dtype=dtype,
+                fbank_mean=cfg.beats.fbank_mean,
+                fbank_std=cfg.beats.fbank_std,
+            )
+            if cfg.beats.freeze:
+                beats.requires_grad_(False).eval()
+        llm = load_llm(cfg.llm, dtype=dtype, moe=cfg.moe, device=device)
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.llm)
+        student = cls(cfg, whisper, beats, llm, tokenizer)
+        if device is not None:
+            for module in (student.whisper, student.beats, student.fusion, student.qformer):
+                if module is not None:
+                    module.to(device)
+            student.projection.to(device)
+        return student
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Trainable weights (LoRA in peft format, the rest in safetensors) and the config."""
+        from students.checkpoint import save_student
+
+        return save_student(self, directory)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        *,
+        config: ModelConfig | None = None,
+        device: str | torch.device | None = None,
+        tokenizer=None,
+    ) -> SalmonnStudent:
+        """Rebuild from the saved config (or ``config``, which must describe the same
+        architecture) and load the saved trainable weights."""
+        from students.checkpoint import read_config
+
+        student = cls.from_config(
+            config if config is not None else read_config(directory),
+            device=device,
+            tokenizer=tokenizer,
+        )
+        student.load_trainable(directory)
+        return student
+
+    def load_trainable(self, directory: str | Path) -> None:
+        from students.checkpoint import load_student_weights
+
+        load_student_weights(self, directory)
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def causal_lm(self) -> nn.Module:
+        return causal_lm(self.llm)
+
+    @property
+    def lm_head_weight(self) -> torch.Tensor:
+        """[V, H] weight that maps ``hidden_states`` to logits (tied or not)."""
+        return self.causal_lm.get_output_embeddings().weight
+
+    @property
+    def lm_head_bias(self) -> torch.Tensor | None:
+        return getattr(self.causal_lm.get_output_embeddings(), "bias", None)
+
+    @property
+    def device(self) -> torch.device:
+        return self.projection.weight.device
+
+    @property
+    def num_audio_tokens(self) -> int:
+        return self.processor.num_audio_tokens
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.causal_lm.get_input_embeddings()(ids)
+
+    def train(self, mode: bool = True) -> SalmonnStudent:
+        """Frozen encoders stay in eval mode (no dropout) while the rest trains."""
+        super().train(mode)
+        if self.config.whisper.freeze:
+            self.whisper.eval()
+        if self.beats is not None and self.config.beats.freeze:
+            self.beats.eval()
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def encode_audio(self, batch: dict) -> torch.Tensor:
+        """Batch audio -> [B, audio tokens, LLM hidden] embeddings for the prompt."""
+        device = self.device
+        features = batch["whisper_features"].to(device, self.whisper.dtype)
+        with torch.no_grad() if self.config.whisper.freeze else nullcontext():
+            speech = self.whisper(features).last_hidden_state
+        audio = None
+        if self.beats is not None:
+            with torch.no_grad() if self.config.beats.freeze else nullcontext():
+                audio, _ = self.beats(
+                    batch["beats_waveform"].to(device), batch["beats_padding_mask"].to(device)
+                )
+        tokens = self.qformer(self.fusion(speech, audio))
+        return self.projection(tokens.to(self.projection.weight.dtype))
+
+    def forward(self, batch: dict, *, return_logits: bool = False) -> StudentOutput:
+        audio = self.encode_audio(batch)
+        with_targets = "target_ids" in batch
+        inputs = assemble_inputs(
+            self.embed_tokens,
+            audio,
+            batch,
+            padding_side="right" if with_targets else "left",
+            with_targets=with_targets,
+        )
+        hidden = self.causal_lm.get_decoder()(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        logits = None
+        if return_logits:
+            logits = self.causal_lm.get_output_embeddings()(hidden)
+        return StudentOutput(
+            hidden_states=hidden,
+            attention_mask=inputs.attention_mask,
+            labels=shift_labels(inputs.labels) if inputs.labels is not None else None,
+            logits=logits,
+            balance_loss=moe_balance_loss(self.llm) if self.config.moe.enabled else None,
+            audio_embeds=audio,
+        )
+
+    def generate(
+        self, batch: dict, decoding: DecodingConfig | None = None, **overrides
+    ) -> torch.Tensor:
+        """Generated ids [B, new tokens] (KV cache; greedy, beams or sampling; stops on the
+        tokenizer's real end ids). Keyword overrides win over ``decoding``."""
+        from students.generation import generate
+
+        return generate(self, batch, decoding, **overrides)
