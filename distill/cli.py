@@ -148,16 +148,6 @@ def _add_pending(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
     train.set_defaults(func=_not_implemented("E"))
 
-    evaluate = _add(
-        sub,
-        "evaluate",
-        "Score a student: ASR WER, caption metrics, efficiency; writes a report.",
-        "distill evaluate recipes/salmonn_1b.yaml --checkpoint runs/salmonn_1b/student/best",
-    )
-    _recipe_arg(evaluate)
-    evaluate.add_argument("--checkpoint", type=Path, required=True, help="student checkpoint dir")
-    evaluate.set_defaults(func=_not_implemented("F"))
-
     cache = _add(
         sub,
         "cache",
@@ -178,6 +168,49 @@ def _add_pending(sub: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=_not_implemented("G"))
 
 
+# ---------------------------------------------------------------------------------- evaluate
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from distill.config import RecipeError, load_recipe
+    from distill.evaluate.runner import EvaluationError, evaluate
+
+    try:
+        recipe = load_recipe(args.recipe)
+        report, paths = evaluate(
+            recipe, args.checkpoint, output_dir=args.output_dir, limit=args.limit,
+            device=args.device, efficiency=False if args.no_efficiency else None,
+        )
+    except (RecipeError, EvaluationError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    head = report.headline()
+    print("headline: " + ", ".join(f"{k}={'n/a' if v is None else f'{v:.4g}'}"
+                                   for k, v in head.items()))
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return EXIT_OK
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    parser = _add(
+        sub,
+        "evaluate",
+        "Score a student: ASR WER, caption metrics, efficiency; writes a report.",
+        "distill evaluate recipes/salmonn_1b.yaml --checkpoint runs/salmonn_1b/student/best",
+        "Generates over every eval set of the recipe with its decoding settings, then writes\n"
+        "report.json, report.md, report.png, hypotheses/<set>.jsonl and submissions/<set>.csv\n"
+        "to eval.output_dir. Efficiency follows REFERENCE.md §3 (batch 1, a fixed 10 s clip,\n"
+        "warm-up then timed runs, synchronised; median and p90).",
+    )
+    _recipe_arg(parser)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="student checkpoint dir")
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="where the report goes (default: the recipe's eval.output_dir)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N clips per set")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cpu)")
+    parser.add_argument("--no-efficiency", action="store_true", help="skip the timing runs")
+    parser.set_defaults(func=_cmd_evaluate)
+
+
 # ------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     from distill.data import prepare
@@ -190,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     prepare.add_parser(sub)
     _add_pending(sub)
+    _add_evaluate(sub)
     return parser
 
 

@@ -118,10 +118,9 @@ def test_moe_on_versus_off_is_refused(make_cfg, saved):
         SalmonnStudent.from_pretrained(saved, config=cfg)
 
 
-def test_other_llm_hidden_size_is_refused(make_cfg, saved, models_dir, tokenizer):
-    from .conftest import save_tiny_llama
+def test_other_llm_hidden_size_is_refused(make_cfg, saved, models_dir, tokenizer, tiny_llama_factory):
 
-    wide = save_tiny_llama(models_dir / "wide", tokenizer, hidden=128)
+    wide = tiny_llama_factory(models_dir / "wide", tokenizer, hidden=128)
     other = SalmonnStudent.from_config(make_cfg(llm={"name_or_path": str(wide)}))
     with pytest.raises(CheckpointMismatchError, match=r"llm.hidden_size: checkpoint 64, model 128"):
         other.load_trainable(saved)

@@ -54,16 +54,14 @@ def test_greedy_with_cache_matches_reference(student, prompt):
 
 
 @pytest.fixture(scope="module")
-def parrot(make_cfg, models_dir, tokenizer):
+def parrot(make_cfg, models_dir, tokenizer, tiny_llama_factory):
     """A tiny LLaMA whose layers add nothing (o_proj, down_proj = 0): with tied embeddings the
     next token is the current one, so greedy decoding repeats one token forever."""
     from transformers import LlamaForCausalLM
 
     from students import SalmonnStudent
 
-    from .conftest import save_tiny_llama
-
-    path = save_tiny_llama(models_dir / "parrot", tokenizer)
+    path = tiny_llama_factory(models_dir / "parrot", tokenizer)
     model = LlamaForCausalLM.from_pretrained(path)
     for layer in model.model.layers:
         layer.self_attn.o_proj.weight.data.zero_()

@@ -1,4 +1,4 @@
-"""Tiny but structurally real models for the student tests, built here (no model hub).
+"""Tiny but structurally real models shared by the tests, built here (no model hub).
 
 Whisper keeps the real frame structure (128 mels, 3000 frames -> 1500 encoder frames) with tiny
 widths; BEATs is a small config in the official checkpoint format; the LLM is a tiny random
@@ -127,6 +127,12 @@ def save_tiny_llama(path, tokenizer, *, seed=2, intermediate=128, hidden=64, ini
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_factory():
+    """``save_tiny_llama(path, tokenizer, **sizes)`` for tests that need a variant."""
+    return save_tiny_llama
 
 
 @pytest.fixture(scope="session")
