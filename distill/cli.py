@@ -137,17 +137,6 @@ def _add_pending(sub: argparse._SubParsersAction) -> None:
     )
     generate.set_defaults(func=_not_implemented("C"))
 
-    train = _add(
-        sub,
-        "train-student",
-        "Train the student with CE + KD from the cached teacher targets, then evaluate it.",
-        "accelerate launch -m distill.cli train-student recipes/salmonn_1b.yaml --resume",
-    )
-    _recipe_arg(train)
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    train.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
-    train.set_defaults(func=_not_implemented("E"))
-
     cache = _add(
         sub,
         "cache",
@@ -166,6 +155,46 @@ def _add_pending(sub: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--recipe", type=Path, default=Path("recipes/demo.yaml"))
     demo.set_defaults(func=_not_implemented("G"))
+
+
+# ----------------------------------------------------------------------------- train-student
+def _cmd_train(args: argparse.Namespace) -> int:
+    from distill.config import RecipeError, load_recipe
+    from distill.evaluate.runner import EvaluationError
+    from distill.train.data import TrainingDataError
+    from distill.train.loop import train_student
+
+    try:
+        recipe = load_recipe(args.recipe)
+        if args.max_steps is not None:
+            recipe.train.max_steps = args.max_steps
+        best = train_student(recipe, resume=args.resume, run_eval=False if args.no_eval else None)
+    except (RecipeError, TrainingDataError, EvaluationError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"best checkpoint: {best}")
+    return EXIT_OK
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    parser = _add(
+        sub,
+        "train-student",
+        "Train the student with CE + KD from the cached teacher targets, then evaluate it.",
+        "distill train-student recipes/salmonn_1b.yaml --resume",
+        "One GPU: run as shown. Several GPUs or nodes, with DeepSpeed ZeRO:\n"
+        "  accelerate launch --config_file recipes/accelerate/zero2.yaml -m distill.cli \\\n"
+        "      train-student recipes/salmonn_1b.yaml\n"
+        "Checkpoints (every train.checkpoint.every_steps, the last K kept, the best apart) hold\n"
+        "everything a resume needs; --resume continues from the latest one exactly. TensorBoard\n"
+        "logs go to <train.output_dir>/tensorboard.",
+    )
+    _recipe_arg(parser)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="override train.max_steps (a quick trial run)")
+    parser.set_defaults(func=_cmd_train)
 
 
 # ---------------------------------------------------------------------------------- evaluate
@@ -223,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     prepare.add_parser(sub)
     _add_pending(sub)
+    _add_train(sub)
     _add_evaluate(sub)
     return parser
 

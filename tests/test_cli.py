@@ -41,7 +41,6 @@ def test_every_subcommand_help_has_an_example(capsys, name):
     [
         ["serve-teacher", "recipes/demo.yaml"],
         ["generate-teacher", "recipes/demo.yaml"],
-        ["train-student", "recipes/demo.yaml"],
         ["cache", "stats", "x"],
         ["demo"],
     ],

@@ -1,0 +1,227 @@
+"""Training data: manifests -> audio -> augmentation -> prompt + target ids -> cached teacher rows.
+
+Why keyed by (epoch, index): a sample's augmentation and instruction are drawn from its id and the
+epoch, and the order from (seed, epoch), so a resumed run reads exactly the batches an
+uninterrupted one would have, whatever the number of workers.
+
+The teacher cache is joined by sample id. In score mode the cached response ids must equal the
+student's tokenised target (else a clear error naming the id); in generate mode the teacher's
+response becomes the target. A sample without cached targets is an error, or CE-only when the
+recipe allows it (counted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from distill.config import Recipe
+from distill.data.audio import AudioLoader
+from distill.data.augment import Augmenter
+from distill.train.sampling import WeightedEpochSampler
+
+
+class TrainingDataError(ValueError):
+    """A sample that cannot be trained on, named by id, with what was expected."""
+
+
+@dataclass
+class Example:
+    sample_id: str
+    waveform: torch.Tensor
+    instruction: str
+    target_ids: list[int]
+    teacher_ids: np.ndarray | None = None  # [T, k] aligned with target_ids
+    teacher_logprobs: np.ndarray | None = None
+
+
+@dataclass
+class Skipped:
+    sample_id: str
+    reason: str
+
+
+@dataclass
+class DataStats:
+    """Counted in the main process from what the workers return."""
+
+    examples: int = 0
+    ce_only: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        skipped = ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items())) or "none"
+        return f"{self.examples} examples ({self.ce_only} CE-only, no cached targets); skipped: {skipped}"
+
+
+def _stable_index(*parts: object) -> int:
+    key = "\x1f".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+
+
+def _first_difference(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+class TrainingSet(Dataset):
+    """Map-style dataset over several manifests; ``dataset[(epoch, index)]`` -> Example|Skipped."""
+
+    def __init__(self, recipe: Recipe, processor, *, split: str = "train", cache=None,
+                 augment: bool | None = None):
+        from distill.data.manifest import load_manifest
+
+        specs = recipe.data.train if split == "train" else recipe.data.valid
+        if not specs:
+            raise TrainingDataError(f"recipe {recipe.name!r}: data.{split} names no manifests")
+        self.recipe, self.processor, self.cache = recipe, processor, cache
+        self.manifests = []
+        for spec in specs:
+            manifest = load_manifest(spec.path, check_audio=recipe.data.check_audio_files)
+            if spec.tasks is not None:
+                keep = set(spec.tasks)
+                manifest = manifest.filter(lambda r, keep=keep: r["task"] in keep)
+            if len(manifest) == 0:
+                raise TrainingDataError(f"{spec.path}: no records for this run (tasks filter?)")
+            self.manifests.append(manifest)
+        self.weights = [s.weight for s in specs]
+        self.offsets = np.cumsum([0] + [len(m) for m in self.manifests])
+        self.loader = AudioLoader.from_config(recipe.data.audio)
+        use_augment = recipe.data.augment.enabled if augment is None else augment
+        self.augmenter = Augmenter.from_config(recipe.data.augment) if use_augment else None
+        self.mode = cache.meta.mode if cache is not None else None
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def sampler(self, seed: int) -> WeightedEpochSampler:
+        return WeightedEpochSampler([len(m) for m in self.manifests], self.weights, seed)
+
+    def record(self, index: int) -> dict:
+        source = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return self.manifests[source][int(index - self.offsets[source])]
+
+    def __getitem__(self, key: tuple[int, int]) -> Example | Skipped:
+        epoch, index = key
+        record = self.record(index)
+        sample_id = record["id"]
+        clip = self.loader.load(record["audio"])
+        if clip is None:
+            return Skipped(sample_id, "undecodable audio")
+        waveform = clip.waveform
+        if self.augmenter is not None:
+            waveform, _ = self.augmenter(waveform, sample_id, epoch)
+        instruction = record.get("instruction") or (
+            record["question"] if record["task"] == "qa" and record.get("question") else
+            self.processor.instruction(record["task"], _stable_index("prompt", sample_id, epoch))
+        )
+        return self._with_targets(record, Example(sample_id, waveform, instruction, []))
+
+    def _with_targets(self, record: dict, example: Example) -> Example:
+        encode = self.processor.encode_targets
+        expected = encode([record["text"]], None)[0]
+        if self.cache is None:
+            example.target_ids = expected
+            return example
+        if record["id"] not in self.cache:
+            if self.recipe.data.missing_targets == "ce_only":
+                example.target_ids = expected
+                return example
+            raise TrainingDataError(
+                f"sample {record['id']!r}: no teacher targets in {self.cache.directory} "
+                "(run `distill generate-teacher`, or set data.missing_targets: ce_only)"
+            )
+        cached = self.cache.get(record["id"])
+        response = encode(None, [cached.response_ids.tolist()])[0]
+        if self.mode == "score" and response != expected:
+            raise TrainingDataError(
+                f"sample {record['id']!r}: cached response ids differ from the student's "
+                f"tokenised target ({len(response)} vs {len(expected)} ids, first difference at "
+                f"position {_first_difference(response, expected)}); the cache was made with "
+                "another tokenizer or target text: regenerate it"
+            )
+        example.target_ids = response
+        example.teacher_ids = cached.topk_ids[: len(response)]
+        example.teacher_logprobs = cached.topk_logprobs[: len(response)]
+        return example
+
+
+class EpochSampler(Sampler):
+    """Yields (epoch, index) keys from ``start`` on, epoch after epoch (forever)."""
+
+    def __init__(self, order: WeightedEpochSampler, epoch: int = 0, start: int = 0):
+        self.order, self.epoch, self.start = order, epoch, start
+
+    def __iter__(self):
+        epoch, start = self.epoch, self.start
+        while True:
+            for index in self.order.iterate(epoch, start):
+                yield (epoch, index)
+            epoch, start = epoch + 1, 0
+
+
+@dataclass
+class Batch:
+    """A collated micro-batch: the processor's tensors plus the teacher rows per target token."""
+
+    inputs: dict[str, torch.Tensor]
+    sample_ids: list[str]
+    teacher_ids: torch.Tensor | None  # [rows with a teacher, k]
+    teacher_logprobs: torch.Tensor | None
+    has_teacher: torch.Tensor  # [total target tokens] bool, in label order
+    num_target_tokens: int
+    num_with_teacher: int  # examples that had cached targets
+    skipped: list[Skipped]
+    num_read: int  # keys consumed from the sampler (skipped ones included)
+
+
+class Collator:
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, items: list[Example | Skipped]) -> Batch:
+        examples = [x for x in items if isinstance(x, Example)]
+        skipped = [x for x in items if isinstance(x, Skipped)]
+        if not examples:
+            return Batch({}, [], None, None, torch.zeros(0, dtype=torch.bool), 0, 0, skipped,
+                         len(items))
+        inputs = self.processor([e.waveform for e in examples], [e.instruction for e in examples],
+                                target_ids=[e.target_ids for e in examples])
+        has_teacher = torch.cat([
+            torch.full((len(e.target_ids),), e.teacher_ids is not None) for e in examples
+        ])
+        with_teacher = [e for e in examples if e.teacher_ids is not None]
+        ids = logprobs = None
+        if with_teacher:
+            ids = torch.from_numpy(np.concatenate([e.teacher_ids for e in with_teacher]))
+            logprobs = torch.from_numpy(np.concatenate([e.teacher_logprobs for e in with_teacher]))
+        return Batch(inputs, [e.sample_id for e in examples], ids, logprobs, has_teacher,
+                     int(has_teacher.numel()), len(with_teacher), skipped, len(items))
+
+
+def open_teacher_cache(recipe: Recipe, tokenizer):
+    """The recipe's soft-target cache, checked against the student's tokenizer (or None)."""
+    if recipe.data.soft_targets is None:
+        return None
+    from teachers.cache import open_cache
+    from teachers.fingerprint import fingerprint
+
+    directory = Path(recipe.data.soft_targets)
+    if not directory.is_dir():
+        raise TrainingDataError(
+            f"data.soft_targets: {directory} does not exist (run `distill generate-teacher` "
+            "first, or remove data.soft_targets to train with CE only)"
+        )
+    cache = open_cache(directory)
+    ours = fingerprint(tokenizer).digest
+    if cache.meta.target_tokenizer_fingerprint != ours and not recipe.teacher.allow_tokenizer_mismatch:
+        raise TrainingDataError(
+            f"{directory}: its targets were tokenised by another tokenizer (fingerprint "
+            f"{cache.meta.target_tokenizer_fingerprint[:12]}, the student's is {ours[:12]})"
+        )
+    return cache

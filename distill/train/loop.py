@@ -1,0 +1,367 @@
+"""``distill train-student``: the accelerate loop.
+
+One optimizer step = ``grad_accumulation`` micro-batches. Before the first backward of a step the
+step's target tokens are counted (over every micro-batch and process), and each micro-batch's
+summed loss is divided by that count, so accumulation gives exactly the big batch's gradient.
+Then the global gradient norm goes to the clipper (ZClip by default), which decides the threshold
+for this step; the decision is applied, logged (norm, threshold, clip event) and kept in the
+checkpoint with everything else a resume needs (weights, optimizer, scheduler, clipper, RNG
+states, data position), so a run killed by SIGKILL and resumed follows the same loss curve.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from distill.config import Recipe
+from distill.losses import (
+    ULD,
+    ForwardKL,
+    GeneralizedJSD,
+    HiddenStates,
+    MixedLoss,
+    ReverseKL,
+    SkewForwardKL,
+    SkewReverseKL,
+    TopKTargets,
+    TotalVariation,
+    linear_ramp,
+)
+from distill.losses.modules import CrossEntropy
+from distill.train.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from distill.train.clipping import build_clipper
+from distill.train.data import (
+    Batch,
+    Collator,
+    DataStats,
+    EpochSampler,
+    TrainingSet,
+    open_teacher_cache,
+)
+from distill.train.optim import build_optimizer
+from distill.train.schedule import build_scheduler
+
+TRAINER_STATE = "trainer_state.pt"
+STUDENT_DIR = "student"
+LOG_FILE = "train_log.jsonl"
+
+
+def build_loss(recipe: Recipe) -> MixedLoss:
+    cfg = recipe.loss
+    options = dict(temperature=cfg.temperature, tail=cfg.tail, chunk_size=cfg.chunk_size,
+                   scale_by_t_squared=cfg.scale_by_temperature_squared)
+    kinds = {
+        "forward_kl": lambda: ForwardKL(**options),
+        "reverse_kl": lambda: ReverseKL(**options),
+        "jsd": lambda: GeneralizedJSD(beta=cfg.jsd_beta, **options),
+        "tvd": lambda: TotalVariation(**options),
+        "skew_forward_kl": lambda: SkewForwardKL(skew=cfg.skew_lambda, **options),
+        "skew_reverse_kl": lambda: SkewReverseKL(skew=cfg.skew_lambda, **options),
+        "uld": lambda: ULD(**options),
+    }
+    schedule = cfg.kd_weight_schedule
+    kd_weight = (linear_ramp(schedule.start, schedule.end, schedule.steps) if schedule
+                 else cfg.kd_weight)
+    return MixedLoss(kinds[cfg.divergence](), ce_weight=cfg.ce_weight, kd_weight=kd_weight)
+
+
+@dataclass
+class Progress:
+    """Where the run is: everything besides tensors that a resume restores."""
+
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # sampler keys consumed in this epoch
+    best_metric: float | None = None
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, *, accelerator=None):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        from students.model import SalmonnStudent
+
+        self.recipe = recipe
+        cfg = recipe.train
+        precision = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[cfg.precision]
+        self.accelerator = accelerator or Accelerator(mixed_precision=precision)
+        set_seed(cfg.seed)
+        self.output_dir = Path(cfg.output_dir)
+        self.student = SalmonnStudent.from_config(recipe.model, device=self.accelerator.device)
+        if cfg.init_from:
+            self.student.load_trainable(cfg.init_from)
+        self.processor = self.student.processor
+        self.cache = open_teacher_cache(recipe, self.student.tokenizer)
+        self.train_set = TrainingSet(recipe, self.processor, split="train", cache=self.cache)
+        self.valid_set = (TrainingSet(recipe, self.processor, split="valid", cache=self.cache,
+                                      augment=False) if recipe.data.valid else None)
+        self.order = self.train_set.sampler(cfg.seed)
+        world = self.accelerator.num_processes
+        per_step = cfg.batch_size * cfg.grad_accumulation * world
+        self.total_steps = cfg.max_steps or cfg.epochs * math.ceil(len(self.order) / per_step)
+        self.optimizer = build_optimizer(self.student, cfg.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
+        self.clipper = build_clipper(cfg.clip)
+        self.loss = build_loss(recipe)
+        self.ce_only_loss = CrossEntropy(chunk_size=recipe.loss.chunk_size)
+        self.student, self.optimizer = self.accelerator.prepare(self.student, self.optimizer)
+        self.checkpoints = CheckpointManager(self.output_dir, cfg.checkpoint.keep_last)
+        self.progress = Progress()
+        self.stats = DataStats()
+        self.writer = None
+
+    # ---------------------------------------------------------------------------- data
+    def _loader(self, dataset: TrainingSet, sampler, shuffle_seed: int):
+        # Its own generator: creating an iterator must not consume the global RNG, or a resumed
+        # run's dropout would drift from the uninterrupted one.
+        generator = torch.Generator().manual_seed(shuffle_seed)
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=self.recipe.train.batch_size, sampler=sampler,
+            collate_fn=Collator(self.processor), num_workers=self.recipe.data.num_workers,
+            generator=generator,
+        )
+
+    def _micro_batches(self):
+        """Yields (batch, epoch, position after it) forever, from the saved position."""
+        p = self.progress
+        sampler = EpochSampler(self.order, p.epoch, p.position)
+        epoch, position, per_epoch = p.epoch, p.position, len(self.order)
+        for batch in self._loader(self.train_set, sampler, self.recipe.train.seed):
+            position += batch.num_read
+            while position >= per_epoch:
+                epoch, position = epoch + 1, position - per_epoch
+            yield batch, epoch, position
+
+    # ---------------------------------------------------------------------------- loss
+    def _step_loss(self, batch: Batch, num_items: float) -> tuple[torch.Tensor, dict]:
+        out = self.student(batch.inputs)
+        rows = out.labels != -100
+        hidden = out.hidden_states[rows]
+        labels = out.labels[rows]
+        if labels.numel() != batch.num_target_tokens:
+            raise RuntimeError(f"{labels.numel()} label rows for {batch.num_target_tokens} targets")
+        unwrapped = self.accelerator.unwrap_model(self.student)
+        weight, bias = unwrapped.lm_head_weight, unwrapped.lm_head_bias
+        has_teacher = batch.has_teacher.to(labels.device)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        parts: dict[str, float] = {}
+        extra = {}
+        if out.balance_loss is not None:
+            extra["moe_balance"] = (out.balance_loss, 1.0)  # already weighted by the student
+        if has_teacher.any():
+            teacher = TopKTargets(batch.teacher_ids.to(labels.device),
+                                  batch.teacher_logprobs.to(labels.device))
+            mixed = self.loss(HiddenStates(hidden[has_teacher], weight, bias), teacher,
+                              labels[has_teacher], step=self.progress.step, num_items=num_items,
+                              extra=extra)
+            total = total + mixed.total
+            parts.update({k: float(v) for k, v in mixed.parts.items()})
+            extra = {}
+        if (~has_teacher).any():
+            ce = self.ce_only_loss(HiddenStates(hidden[~has_teacher], weight, bias),
+                                   labels[~has_teacher], num_items=num_items)
+            total = total + self.recipe.loss.ce_weight * ce
+            parts["ce_only"] = float(ce)
+            for name, (value, w) in extra.items():
+                total = total + w * value
+                parts[name] = float(value)
+        return total, parts
+
+    # ---------------------------------------------------------------------------- step
+    def _optimizer_step(self, batches: list[Batch]) -> dict:
+        acc = self.accelerator
+        tokens = torch.tensor(float(sum(b.num_target_tokens for b in batches)), device=acc.device)
+        global_tokens = float(acc.reduce(tokens, reduction="sum"))
+        # Each process divides by the global count; DDP averages over processes, so scale back.
+        num_items = global_tokens / acc.num_processes
+        log: dict[str, float] = {}
+        for i, batch in enumerate(batches):
+            if not batch.sample_ids:
+                continue
+            sync = i == len(batches) - 1
+            context = acc.no_sync(self.student) if not sync else nullcontext()
+            with context, acc.autocast():
+                loss, parts = self._step_loss(batch, num_items)
+            acc.backward(loss)
+            log["loss"] = log.get("loss", 0.0) + float(loss.detach())
+            for name, value in parts.items():
+                log[name] = log.get(name, 0.0) + value
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        norm = float(acc.clip_grad_norm_(params, float("inf")))
+        decision = self.clipper.decide(norm)
+        if decision.clipped:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(decision.scale)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        log.update(grad_norm=norm, clip_threshold=decision.threshold or float("nan"),
+                   clipped=float(decision.clipped), lr=self.scheduler.get_last_lr()[0],
+                   tokens=global_tokens)
+        return log
+
+    # ---------------------------------------------------------------------------- validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Loss (CE) and token accuracy on the validation manifests, one pass, no augmentation."""
+        if self.valid_set is None:
+            return {}
+        self.student.eval()
+        unwrapped = self.accelerator.unwrap_model(self.student)
+        keys = [(0, i) for i in range(len(self.valid_set))]
+        loader = self._loader(self.valid_set, keys, 0)
+        loss_sum, correct, count = 0.0, 0, 0
+        for batch in loader:
+            if not batch.sample_ids:
+                continue
+            with self.accelerator.autocast():
+                out = self.student(batch.inputs)
+            rows = out.labels != -100
+            hidden, labels = out.hidden_states[rows], out.labels[rows]
+            logits = torch.nn.functional.linear(hidden, unwrapped.lm_head_weight,
+                                                unwrapped.lm_head_bias).float()
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+            correct += int((logits.argmax(-1) == labels).sum())
+            count += labels.numel()
+        self.student.train()
+        return {"valid_loss": loss_sum / max(count, 1), "token_accuracy": correct / max(count, 1)}
+
+    # ---------------------------------------------------------------------------- checkpoints
+    def save(self, metric: float | None) -> Path:
+        acc = self.accelerator
+        higher = self.recipe.train.checkpoint.best_metric == "token_accuracy"
+
+        def write(folder: Path) -> None:
+            acc.unwrap_model(self.student).save_pretrained(folder / STUDENT_DIR)
+            torch.save({
+                "progress": self.progress.__dict__,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "clipper": self.clipper.state_dict(),
+                "rng": capture_rng_state(),
+                "stats": {"examples": self.stats.examples, "ce_only": self.stats.ce_only,
+                          "skipped": dict(self.stats.skipped)},
+            }, folder / TRAINER_STATE)
+
+        return self.checkpoints.save(self.progress.step, write, metric=metric,
+                                     higher_is_better=higher)
+
+    def resume(self) -> bool:
+        latest = self.checkpoints.latest()
+        if latest is None:
+            return False
+        state = torch.load(latest / TRAINER_STATE, weights_only=False)
+        self.accelerator.unwrap_model(self.student).load_trainable(latest / STUDENT_DIR)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.clipper.load_state_dict(state["clipper"])
+        self.progress = Progress(**state["progress"])
+        self.stats = DataStats(state["stats"]["examples"], state["stats"]["ce_only"],
+                               Counter(state["stats"]["skipped"]))
+        restore_rng_state(state["rng"])
+        self._truncate_log(self.progress.step)
+        return True
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines written after the checkpoint we resume from (they will be redone)."""
+        path = self.output_dir / LOG_FILE
+        if not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        tmp.replace(path)
+
+    # ---------------------------------------------------------------------------- logging
+    def _log(self, values: dict) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+        step = self.progress.step
+        for name, value in values.items():
+            if isinstance(value, float) and not math.isnan(value):
+                self.writer.add_scalar(f"train/{name}" if name not in ("valid_loss", "token_accuracy")
+                                       else f"valid/{name}", value, step)
+        with (self.output_dir / LOG_FILE).open("a") as handle:
+            handle.write(json.dumps({"step": step, **values}) + "\n")
+
+    def _moe_load(self) -> dict[str, float]:
+        """Share of routed tokens per expert since the last step, averaged over layers."""
+        if not self.recipe.model.moe.enabled:
+            return {}
+        from students.moe import load_statistics, reset_load_statistics
+
+        llm = self.accelerator.unwrap_model(self.student).llm
+        load = load_statistics(llm).double()  # [layers, experts]
+        reset_load_statistics(llm)
+        share = (load / load.sum(-1, keepdim=True).clamp_min(1)).mean(0)
+        return {f"moe_load/expert{i}": float(v) for i, v in enumerate(share.tolist())}
+
+    # ---------------------------------------------------------------------------- run
+    def train(self) -> Path:
+        cfg = self.recipe.train
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.student.train()
+        batches = self._micro_batches()
+        bar = tqdm(total=self.total_steps, initial=self.progress.step, desc="train", unit="step",
+                   disable=not self.accelerator.is_main_process)
+        last = None
+        while self.progress.step < self.total_steps:
+            started = time.perf_counter()
+            micro = []
+            for _ in range(cfg.grad_accumulation):
+                batch, epoch, position = next(batches)
+                micro.append(batch)
+                self.stats.examples += len(batch.sample_ids)
+                self.stats.ce_only += len(batch.sample_ids) - batch.num_with_teacher
+                for skipped in batch.skipped:
+                    self.stats.skipped[skipped.reason] += 1
+            log = self._optimizer_step(micro)
+            self.progress.step += 1
+            self.progress.epoch, self.progress.position = epoch, position
+            log["tokens_per_s"] = log["tokens"] / (time.perf_counter() - started)
+            log.update(self._moe_load())
+            step = self.progress.step
+            metric = None
+            if step % cfg.eval_every_steps == 0 or step == self.total_steps:
+                valid = self.validate()
+                log.update(valid)
+                metric = valid.get(cfg.checkpoint.best_metric.replace("loss", "valid_loss"))
+            self._log(log)
+            bar.set_postfix(loss=f"{log['loss']:.4f}", norm=f"{log['grad_norm']:.3g}",
+                            lr=f"{log['lr']:.2e}")
+            bar.update(1)
+            if step % cfg.checkpoint.every_steps == 0 or step == self.total_steps:
+                last = self.save(metric)
+        bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        print(f"training done: {self.stats.summary()}")
+        return self.checkpoints.best() or last or self.checkpoints.latest()
+
+
+def train_student(recipe: Recipe, *, resume: bool = False, run_eval: bool | None = None) -> Path:
+    trainer = Trainer(recipe)
+    if resume and trainer.resume():
+        print(f"resumed at step {trainer.progress.step} from {trainer.checkpoints.latest()}")
+    best = trainer.train()
+    if (recipe.train.evaluate_when_done if run_eval is None else run_eval) and recipe.eval.sets:
+        from distill.evaluate.runner import evaluate
+
+        _, paths = evaluate(recipe, best / STUDENT_DIR)
+        print(f"evaluation report: {paths['markdown']}")
+    return best

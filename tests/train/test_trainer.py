@@ -1,0 +1,224 @@
+"""The trainer on tiny models: loss falls, accumulation = big batch, KD weight 0 = CE, clipping
+fires on a spike only, SIGKILL + resume follows the uninterrupted loss curve step for step.
+
+The teacher cache is written with the real cache writer; its top-k comes from a tiny random
+LLaMA teacher's real logits over the student's target ids (no vLLM needed for the trainer).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from distill.config import Recipe
+from distill.train.loop import LOG_FILE, Trainer
+
+pytestmark = pytest.mark.slow
+
+TEXTS = ["hello world", "a dog barks", "rain on the roof", "good morning", "the cat sat",
+         "birds sing", "a car passes", "open the door"]
+K = 4
+
+
+def build_cache(directory: Path, records: list[dict], tokenizer, teacher_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from distill.data.targets import encode_target
+    from teachers.cache import CachedSample, CacheMeta, CacheWriter
+    from teachers.fingerprint import fingerprint
+
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    digest = fingerprint(tokenizer).digest
+    meta = CacheMeta(teacher=str(teacher_dir), teacher_revision=None, tokenizer_fingerprint=digest,
+                     target_tokenizer_fingerprint=digest, mode="score", k=K,
+                     logprob_mode="raw_logprobs", temperature=1.0, prompt_template_hash="test",
+                     vocab_size=len(tokenizer))
+    with CacheWriter(directory, meta) as writer:
+        for record in records:
+            target = encode_target(tokenizer, record["text"])
+            prompt = tokenizer("Transcript: " + record["text"])["input_ids"]
+            ids = torch.tensor([prompt + target])
+            with torch.no_grad():
+                logp = teacher(ids).logits[0, len(prompt) - 1 : -1].log_softmax(-1)
+            top = logp.topk(K, dim=-1)
+            writer.add(record["id"], CachedSample(np.array(target), top.indices.numpy(),
+                                                  top.values.numpy()))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, make_cfg, tokenizer, tiny_llm_dir):
+    root = tmp_path_factory.mktemp("train")
+    generator = torch.Generator().manual_seed(0)
+    records = []
+    for i, text in enumerate(TEXTS):
+        wave = 0.1 * torch.randn(int(1.2 * 16000), generator=generator)
+        sf.write(root / f"clip{i}.wav", wave.numpy(), 16000)
+        records.append({"id": f"s{i}", "audio": f"clip{i}.wav", "task": "asr", "text": text})
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (root / "valid.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:2]))
+    build_cache(root / "cache", records, tokenizer, tiny_llm_dir)
+    return root, make_cfg(beats=False)
+
+
+def make_recipe(workspace, out: Path, **train) -> Recipe:
+    root, model_cfg = workspace
+    return Recipe.model_validate({
+        "name": "tiny",
+        "model": model_cfg.model_dump(mode="json"),
+        "data": {
+            "train": [{"path": str(root / "train.jsonl")}],
+            "valid": [{"path": str(root / "valid.jsonl")}],
+            "augment": {"enabled": False},
+            "soft_targets": str(root / "cache"),
+            "num_workers": 0,
+        },
+        "loss": {"chunk_size": 16},
+        "train": {
+            "output_dir": str(out), "max_steps": 6, "batch_size": 4, "precision": "fp32",
+            "optimizer": {"lr": 5e-3, "min_lr": 5e-3, "warmup_start_lr": 5e-3},
+            "schedule": {"kind": "constant", "warmup_steps": 0},
+            "clip": {"mode": "none"}, "eval_every_steps": 1000,
+            "checkpoint": {"every_steps": 1000, "keep_last": 2}, "evaluate_when_done": False,
+            **train,
+        },
+    })
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
+
+
+def test_loss_falls(workspace, tmp_path):
+    trainer = Trainer(make_recipe(workspace, tmp_path, max_steps=12, batch_size=8))
+    trainer.train()
+    losses = [row["loss"] for row in read_log(tmp_path)]
+    assert len(losses) == 12
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+    assert {"ce", "kd", "grad_norm", "lr", "tokens_per_s"} <= set(read_log(tmp_path)[0])
+
+
+def trainable(trainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.student.named_parameters() if p.requires_grad}
+
+
+def capture_gradients(trainer) -> dict[str, torch.Tensor]:
+    """Record the gradients the optimizer is about to apply (after accumulation and clipping)."""
+    grads: dict[str, torch.Tensor] = {}
+    original = trainer.optimizer.step
+
+    def step(*args, **kwargs):
+        grads.update({n: p.grad.detach().clone() for n, p in trainer.student.named_parameters()
+                      if p.grad is not None})
+        return original(*args, **kwargs)
+
+    trainer.optimizer.step = step
+    return grads
+
+
+def test_accumulation_equals_the_big_batch(workspace, tmp_path):
+    # Compared on gradients: Adam's first step divides by |g|, which would amplify float noise.
+    torch.manual_seed(0)
+    big = Trainer(make_recipe(workspace, tmp_path / "big", max_steps=1, batch_size=4))
+    torch.manual_seed(0)
+    small = Trainer(make_recipe(workspace, tmp_path / "small", max_steps=1, batch_size=2,
+                                grad_accumulation=2))
+    assert all(torch.equal(trainable(big)[n], p) for n, p in trainable(small).items())
+    big_grads, small_grads = capture_gradients(big), capture_gradients(small)
+    big.train()
+    small.train()
+    assert big_grads and set(big_grads) == set(small_grads)
+    scale = max(float(g.abs().max()) for g in big_grads.values())
+    for name, grad in big_grads.items():
+        torch.testing.assert_close(small_grads[name], grad, rtol=1e-4, atol=1e-6 * scale)
+    assert read_log(tmp_path / "big")[0]["loss"] == pytest.approx(
+        read_log(tmp_path / "small")[0]["loss"], rel=1e-5)
+
+
+def test_kd_weight_zero_is_plain_cross_entropy(workspace, tmp_path):
+    recipe = make_recipe(workspace, tmp_path)
+    recipe.loss.kd_weight = 0.0
+    trainer = Trainer(recipe)
+    batch, _, _ = next(trainer._micro_batches())
+    with torch.no_grad():
+        loss, _ = trainer._step_loss(batch, float(batch.num_target_tokens))
+        out = trainer.student(batch.inputs, return_logits=True)
+        rows = out.labels != -100
+        expected = torch.nn.functional.cross_entropy(out.logits[rows].double(),
+                                                     out.labels[rows])
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+class SpikeTrainer(Trainer):
+    """Multiplies the loss by 1000 at one step: a gradient spike a real run could see."""
+
+    spike_step = 9
+
+    def _step_loss(self, batch, num_items):
+        loss, parts = super()._step_loss(batch, num_items)
+        return (loss * 1000.0 if self.progress.step == self.spike_step else loss), parts
+
+
+def test_zclip_fires_on_an_injected_spike_and_not_otherwise(workspace, tmp_path):
+    recipe = make_recipe(workspace, tmp_path, max_steps=12,
+                         clip={"mode": "zclip", "zclip_warmup_steps": 4, "max_norm": 1e6},
+                         optimizer={"lr": 1e-4, "min_lr": 1e-4, "warmup_start_lr": 1e-4})
+    SpikeTrainer(recipe).train()
+    log = read_log(tmp_path)
+    clipped = [row["step"] for row in log if row["clipped"]]
+    assert clipped == [SpikeTrainer.spike_step + 1]  # logged after the step counter moved
+    spike = log[SpikeTrainer.spike_step]
+    assert spike["grad_norm"] > 100 * log[SpikeTrainer.spike_step - 1]["grad_norm"]
+    assert spike["clip_threshold"] < spike["grad_norm"] / 100
+
+
+def run_cli(recipe_path: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "distill.cli", "train-student", str(recipe_path), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+
+
+def test_sigkill_and_resume_follow_the_uninterrupted_loss_curve(workspace, tmp_path):
+    steps = 8
+    recipes = {}
+    for name in ("straight", "killed"):
+        recipe = make_recipe(workspace, tmp_path / name, max_steps=steps, batch_size=2,
+                             checkpoint={"every_steps": 3, "keep_last": 2},
+                             clip={"mode": "zclip", "zclip_warmup_steps": 2})
+        recipe.data.augment.enabled = True  # augmentation must replay exactly too
+        recipe.model.llm.lora.dropout = 0.1  # and dropout (RNG state restored)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+        recipes[name] = path
+    straight = run_cli(recipes["straight"], "--no-eval")
+    assert straight.wait(timeout=900) == 0, straight.stdout.read()
+
+    killed = run_cli(recipes["killed"], "--no-eval")
+    marker = tmp_path / "killed" / "checkpoints" / "step-00000003"
+    deadline = time.monotonic() + 900
+    while not marker.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), killed.stdout.read() if killed.poll() is not None else "timed out"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    resumed = run_cli(recipes["killed"], "--no-eval", "--resume")
+    output = resumed.communicate(timeout=900)[0]
+    assert resumed.returncode == 0, output
+    assert "resumed at step" in output
+
+    expected = read_log(tmp_path / "straight")
+    got = read_log(tmp_path / "killed")
+    assert [row["step"] for row in got] == list(range(1, steps + 1))
+    for want, have in zip(expected, got, strict=True):
+        assert have["loss"] == pytest.approx(want["loss"], rel=1e-6, abs=1e-9), have["step"]
+        assert have["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-6)
