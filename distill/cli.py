@@ -112,41 +112,6 @@ def _not_implemented(issue: str) -> Callable[[argparse.Namespace], int]:
 
 
 def _add_pending(sub: argparse._SubParsersAction) -> None:
-    serve = _add(
-        sub,
-        "serve-teacher",
-        "Start a vLLM server for the recipe's teacher and wait until it is healthy.",
-        "distill serve-teacher recipes/salmonn_1b.yaml --port 8000",
-        "vLLM runs in its own environment: teacher.server.python names that interpreter.",
-    )
-    _recipe_arg(serve)
-    serve.add_argument("--host", default=None, help="bind address (default: the recipe's)")
-    serve.add_argument("--port", type=int, default=None, help="port (default: the recipe's)")
-    serve.set_defaults(func=_not_implemented("C"))
-
-    generate = _add(
-        sub,
-        "generate-teacher",
-        "Write the teacher's top-k soft targets (and rationales) for every sample to the cache.",
-        "distill generate-teacher recipes/salmonn_1b.yaml --endpoint http://10.0.0.5:8000/v1",
-        "Resumable: a rerun skips the sample ids already stored.",
-    )
-    _recipe_arg(generate)
-    generate.add_argument(
-        "--endpoint", action="append", default=None, help="a running server (repeatable)"
-    )
-    generate.set_defaults(func=_not_implemented("C"))
-
-    cache = _add(
-        sub,
-        "cache",
-        "Inspect a soft-target cache: verify checksums and counts, or print statistics.",
-        "distill cache verify runs/salmonn_1b/teacher_cache",
-    )
-    cache.add_argument("action", choices=["verify", "stats"], help="what to do")
-    cache.add_argument("directory", type=Path, help="the cache directory")
-    cache.set_defaults(func=_not_implemented("C"))
-
     demo = _add(
         sub,
         "demo",
@@ -243,6 +208,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     from distill.data import prepare
+    from teachers import cli as teacher_cli
 
     parser = argparse.ArgumentParser(
         prog="distill", description=OVERVIEW, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -251,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_validate(sub)
     prepare.add_parser(sub)
+    teacher_cli.add_parsers(sub)
     _add_pending(sub)
     _add_train(sub)
     _add_evaluate(sub)

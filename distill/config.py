@@ -176,9 +176,10 @@ class ModelConfig(Strict):
 
 # ------------------------------------------------------------------------------------- teacher
 class TeacherServerConfig(Strict):
-    """How ``serve-teacher`` starts vLLM (it lives in its own venv: ``python`` is that interpreter)."""
+    """How ``serve-teacher`` starts vLLM (it lives in its own venv: ``python`` is that interpreter;
+    ``auto`` = the venv scripts/ensure-vllm-venv.sh builds once and caches)."""
 
-    python: str = "python"
+    python: str = "auto"
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
@@ -230,7 +231,7 @@ class TeacherConfig(Strict):
     )
     cache_dir: str = "runs/teacher_cache"
     shard_size: PositiveInt = 4096
-    max_in_flight: PositiveInt = 32
+    max_in_flight: PositiveInt = 32  # requests in flight per endpoint
     request_timeout_s: PositiveFloat = 300
     max_retries: NonNegInt = 5
     allow_tokenizer_mismatch: bool = False

@@ -39,9 +39,6 @@ def test_every_subcommand_help_has_an_example(capsys, name):
 @pytest.mark.parametrize(
     "argv",
     [
-        ["serve-teacher", "recipes/demo.yaml"],
-        ["generate-teacher", "recipes/demo.yaml"],
-        ["cache", "stats", "x"],
         ["demo"],
     ],
 )

@@ -1,0 +1,266 @@
+"""The soft-target cache's on-disk encoding: meta record, bit-packed ids, quantised logprobs.
+
+Why a format of our own: a top-k row per target token for a million samples is large, and the
+trainer reads one sample at a time by id. Fixed-width bit-packing (ceil(log2 V) bits per id) and
+12-bit logprobs keep a top-k entry near 3.6 bytes at V=128256 (2.1 B id + 1.5 B logprob), and a
+per-record layout with an index lets a reader seek straight to one sample. See README.md here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+FORMAT_NAME = "distill-teacher-cache"
+FORMAT_VERSION = 1
+RECORD_MAGIC = b"DTC1"
+NO_TEXT = 0xFFFFFFFF  # length marker for an absent (None) text field
+
+# Logprob codec defaults: 12 bits over [-40, 0] nats -> step 0.00978, |error| <= 0.0049 nats.
+LOGPROB_BITS = 12
+LOGPROB_FLOOR = -40.0
+
+
+class CacheFormatError(ValueError):
+    """Bytes that do not decode as a record of this format (corruption or a foreign file)."""
+
+
+class CachedSample(NamedTuple):
+    """One sample's soft targets, as the trainer reads them.
+
+    ``topk_ids[t]`` and ``topk_logprobs[t]`` are the teacher's k most likely next tokens at
+    response position t (the distribution that predicts ``response_ids[t]``), best first.
+    """
+
+    response_ids: np.ndarray  # int64 [T]
+    topk_ids: np.ndarray  # int64 [T, k]
+    topk_logprobs: np.ndarray  # float32 [T, k]
+    rationale: str | None = None
+    text: str | None = None
+
+
+# ------------------------------------------------------------------------------------ meta
+@dataclass(frozen=True)
+class CacheMeta:
+    """What produced a cache: two runs may share a cache only if every field is equal."""
+
+    teacher: str
+    teacher_revision: str | None
+    tokenizer_fingerprint: str  # the teacher's tokenizer (fingerprint.py)
+    target_tokenizer_fingerprint: str  # the student's: it tokenised the score-mode targets
+    mode: str  # "score" or "generate"
+    k: int
+    logprob_mode: str
+    temperature: float
+    prompt_template_hash: str
+    vocab_size: int
+    max_new_tokens: int | None = None
+    rationale_as_target: bool = False
+    logprob_bits: int = LOGPROB_BITS
+    logprob_floor: float = LOGPROB_FLOOR
+    format: str = FORMAT_NAME
+    version: int = FORMAT_VERSION
+
+    @property
+    def id_bits(self) -> int:
+        return id_bits_for(self.vocab_size)
+
+    @property
+    def codec(self) -> LogprobCodec:
+        return LogprobCodec(self.logprob_bits, self.logprob_floor)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> CacheMeta:
+        data = json.loads(text)
+        if data.get("format") != FORMAT_NAME:
+            raise CacheFormatError(f"not a {FORMAT_NAME} meta record (format={data.get('format')!r})")
+        if data.get("version") != FORMAT_VERSION:
+            raise CacheFormatError(
+                f"cache format version {data.get('version')} is not supported (this code reads "
+                f"version {FORMAT_VERSION})"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CacheFormatError(f"meta record has unknown fields: {', '.join(unknown)}")
+        return cls(**data)
+
+    def differences(self, other: CacheMeta) -> list[str]:
+        """Human-readable ``field: this != other`` lines (empty when the metas agree)."""
+        mine, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
+        return [f"{key}: {mine[key]!r} != {theirs[key]!r}" for key in mine if mine[key] != theirs[key]]
+
+
+def id_bits_for(vocab_size: int) -> int:
+    """Bits per token id: ceil(log2 V), at least 1."""
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    return max(1, math.ceil(math.log2(vocab_size)))
+
+
+# ----------------------------------------------------------------------------- bit packing
+def pack_uints(values: np.ndarray, bits: int) -> bytes:
+    """Pack non-negative integers into ``bits`` bits each (big-endian bit order), byte-padded."""
+    if not 1 <= bits <= 32:
+        raise ValueError(f"bits must be in 1..32, got {bits}")
+    flat = np.asarray(values).reshape(-1)
+    if flat.size == 0:
+        return b""
+    if flat.min() < 0 or int(flat.max()) >= (1 << bits):
+        raise ValueError(f"values must lie in [0, 2**{bits}); got [{flat.min()}, {flat.max()}]")
+    as_bytes = flat.astype(">u4").view(np.uint8).reshape(-1, 4)
+    bit_rows = np.unpackbits(as_bytes, axis=1)[:, 32 - bits :]
+    return np.packbits(bit_rows.reshape(-1)).tobytes()
+
+
+def unpack_uints(data: bytes | memoryview, bits: int, count: int) -> np.ndarray:
+    """Inverse of ``pack_uints``: ``count`` integers as int64."""
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    needed = packed_size(count, bits)
+    if raw.size < needed:
+        raise CacheFormatError(f"packed block too short: {raw.size} bytes, need {needed}")
+    bit_rows = np.unpackbits(raw[:needed], count=count * bits).reshape(count, bits)
+    full = np.zeros((count, 32), dtype=np.uint8)
+    full[:, 32 - bits :] = bit_rows
+    return np.packbits(full, axis=1).view(">u4").reshape(-1).astype(np.int64)
+
+
+def packed_size(count: int, bits: int) -> int:
+    return (count * bits + 7) // 8
+
+
+# ------------------------------------------------------------------------ logprob codec
+@dataclass(frozen=True)
+class LogprobCodec:
+    """Uniform quantiser of logprobs on [floor, 0] with ``bits`` bits.
+
+    Error: at most half a step, ``-floor / (2**bits - 1) / 2`` (0.0049 nats at 12 bits over
+    [-40, 0]); values below ``floor`` (probability < 4e-18 at -40) are stored as ``floor``.
+    """
+
+    bits: int = LOGPROB_BITS
+    floor: float = LOGPROB_FLOOR
+
+    @property
+    def step(self) -> float:
+        return -self.floor / ((1 << self.bits) - 1)
+
+    @property
+    def max_error(self) -> float:
+        return self.step / 2
+
+    def encode(self, logprobs: np.ndarray) -> np.ndarray:
+        values = np.asarray(logprobs, dtype=np.float64)
+        if np.isnan(values).any():
+            raise ValueError("logprobs contain NaN")
+        clipped = np.clip(values, self.floor, 0.0)
+        return np.rint(-clipped / self.step).astype(np.int64)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return (-np.asarray(codes, dtype=np.float64) * self.step).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------- records
+_HEADER = struct.Struct("<4sHIH")  # magic, id length, response length T, k
+
+
+def encode_record(sample_id: str, sample: CachedSample, meta: CacheMeta) -> bytes:
+    """One sample as bytes: header, id, packed response ids, packed top-k ids and logprobs, texts."""
+    response = np.asarray(sample.response_ids, dtype=np.int64).reshape(-1)
+    topk_ids = np.asarray(sample.topk_ids, dtype=np.int64)
+    topk_lp = np.asarray(sample.topk_logprobs, dtype=np.float32)
+    length = response.size
+    if topk_ids.ndim != 2 or topk_ids.shape != topk_lp.shape or topk_ids.shape[0] != length:
+        raise ValueError(
+            f"{sample_id}: shapes disagree: response [{length}], top-k ids {list(topk_ids.shape)}, "
+            f"top-k logprobs {list(topk_lp.shape)}"
+        )
+    k = topk_ids.shape[1]
+    if k != meta.k:
+        raise ValueError(f"{sample_id}: top-k width {k} != the cache's k={meta.k}")
+    name = sample_id.encode("utf-8")
+    if len(name) > 0xFFFF:
+        raise ValueError(f"sample id too long ({len(name)} bytes)")
+    bits = meta.id_bits
+    parts = [
+        _HEADER.pack(RECORD_MAGIC, len(name), length, k),
+        name,
+        pack_uints(response, bits),
+        pack_uints(topk_ids, bits),
+        pack_uints(meta.codec.encode(topk_lp), meta.logprob_bits),
+        _encode_text(sample.text),
+        _encode_text(sample.rationale),
+    ]
+    return b"".join(parts)
+
+
+def decode_record(data: bytes | memoryview, meta: CacheMeta) -> tuple[str, CachedSample]:
+    """Inverse of ``encode_record``; raises CacheFormatError on any inconsistency."""
+    view = memoryview(data)
+    if len(view) < _HEADER.size:
+        raise CacheFormatError("record shorter than its header")
+    magic, name_len, length, k = _HEADER.unpack_from(view, 0)
+    if magic != RECORD_MAGIC:
+        raise CacheFormatError(f"bad record magic {bytes(magic)!r}")
+    if k != meta.k:
+        raise CacheFormatError(f"record has k={k}, the cache's meta says k={meta.k}")
+    pos = _HEADER.size
+    try:
+        sample_id = bytes(view[pos : pos + name_len]).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CacheFormatError(f"sample id is not UTF-8: {err}") from None
+    pos += name_len
+    bits = meta.id_bits
+    blocks = []
+    for count, width in ((length, bits), (length * k, bits), (length * k, meta.logprob_bits)):
+        size = packed_size(count, width)
+        if pos + size > len(view):
+            raise CacheFormatError(f"{sample_id}: record truncated")
+        blocks.append(unpack_uints(view[pos : pos + size], width, count))
+        pos += size
+    text, pos = _decode_text(view, pos, sample_id)
+    rationale, pos = _decode_text(view, pos, sample_id)
+    if pos != len(view):
+        raise CacheFormatError(f"{sample_id}: {len(view) - pos} unexpected bytes after the record")
+    response, ids, codes = blocks
+    sample = CachedSample(
+        response_ids=response,
+        topk_ids=ids.reshape(length, k),
+        topk_logprobs=meta.codec.decode(codes).reshape(length, k),
+        rationale=rationale,
+        text=text,
+    )
+    return sample_id, sample
+
+
+def _encode_text(text: str | None) -> bytes:
+    if text is None:
+        return struct.pack("<I", NO_TEXT)
+    raw = text.encode("utf-8")
+    return struct.pack("<I", len(raw)) + raw
+
+
+def _decode_text(view: memoryview, pos: int, sample_id: str) -> tuple[str | None, int]:
+    if pos + 4 > len(view):
+        raise CacheFormatError(f"{sample_id}: record truncated in a text field")
+    (size,) = struct.unpack_from("<I", view, pos)
+    pos += 4
+    if size == NO_TEXT:
+        return None, pos
+    if pos + size > len(view):
+        raise CacheFormatError(f"{sample_id}: record truncated in a text field")
+    try:
+        return bytes(view[pos : pos + size]).decode("utf-8"), pos + size
+    except UnicodeDecodeError as err:
+        raise CacheFormatError(f"{sample_id}: text is not UTF-8: {err}") from None

@@ -1,0 +1,127 @@
+"""Tokenizer fingerprints: do teacher and student mean the same thing by the same token id?
+
+Why: the cache stores the teacher's top-k *ids*, and the student reads them as its own ids. Two
+tokenizers can look alike and still disagree (R1-Distill-Llama renames Llama-3's reserved
+special tokens and has its own chat template). We compare what crosses between them: the map of
+ordinary (non-added) tokens to ids, and the student's end-of-target id, which the teacher must
+know as the same token. Chat templates and other special tokens may differ: each side builds
+its own prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+SPECIAL_NAMES = ("bos", "eos", "pad", "unk")
+
+
+class TokenizerMismatch(ValueError):
+    """Teacher and student tokenizers disagree on ids the cache would carry across."""
+
+
+@dataclass(frozen=True)
+class TokenizerFingerprint:
+    name: str
+    vocab_sha: str  # sha256 of the ordinary token -> id map
+    vocab_size: int  # len(tokenizer), added tokens included
+    ordinary_tokens: int
+    special: dict[str, tuple[str, int] | None] = field(default_factory=dict)
+    added_sha: str = ""  # sha256 of the added-token -> id map
+
+    @property
+    def digest(self) -> str:
+        """One hash of all of the above (recorded in the cache's meta)."""
+        blob = json.dumps(
+            [self.vocab_sha, self.vocab_size, self.added_sha, sorted(self.special.items())],
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _name(tokenizer: Any) -> str:
+    return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+
+
+def _vocab_split(tokenizer: Any) -> tuple[dict[str, int], dict[str, int]]:
+    vocab = tokenizer.get_vocab()
+    added = dict(tokenizer.get_added_vocab()) if hasattr(tokenizer, "get_added_vocab") else {}
+    ordinary = {token: int(i) for token, i in vocab.items() if token not in added}
+    return ordinary, {token: int(i) for token, i in added.items()}
+
+
+def _sha(mapping: dict[str, int]) -> str:
+    blob = json.dumps(sorted(mapping.items()), ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def fingerprint(tokenizer: Any) -> TokenizerFingerprint:
+    ordinary, added = _vocab_split(tokenizer)
+    special: dict[str, tuple[str, int] | None] = {}
+    for name in SPECIAL_NAMES:
+        token_id = getattr(tokenizer, f"{name}_token_id", None)
+        token = getattr(tokenizer, f"{name}_token", None)
+        special[name] = None if token_id is None else (str(token), int(token_id))
+    return TokenizerFingerprint(
+        name=_name(tokenizer),
+        vocab_sha=_sha(ordinary),
+        vocab_size=len(tokenizer),
+        ordinary_tokens=len(ordinary),
+        special=special,
+        added_sha=_sha(added),
+    )
+
+
+def check_compatible(teacher: Any, student: Any, allow_mismatch: bool = False) -> list[str]:
+    """Refuse (TokenizerMismatch) when cached teacher ids would mean other tokens to the student.
+
+    Returns notes on harmless differences (or, with ``allow_mismatch``, on the refused ones).
+    """
+    teacher_fp, student_fp = fingerprint(teacher), fingerprint(student)
+    names = f"teacher tokenizer {teacher_fp.name!r} and student tokenizer {student_fp.name!r}"
+    problems, notes = [], []
+    if teacher_fp.vocab_sha != student_fp.vocab_sha:
+        problems.append(_vocab_difference(teacher, student))
+    end = student_fp.special.get("eos")
+    if end is None:
+        problems.append(f"student tokenizer {student_fp.name!r} has no EOS token to end targets")
+    else:
+        end_token, end_id = end
+        teacher_token = teacher.convert_ids_to_tokens(end_id) if end_id < len(teacher) else None
+        if teacher_token != end_token:
+            problems.append(
+                f"the student's end-of-target id {end_id} is {end_token!r}, "
+                f"but the teacher reads id {end_id} as {teacher_token!r}"
+            )
+        teacher_end = teacher_fp.special.get("eos")
+        if teacher_end is not None and teacher_end[1] != end_id:
+            notes.append(
+                f"the teacher ends its own turns with {teacher_end[0]!r} (id {teacher_end[1]}), "
+                f"the student's targets end with {end_token!r} (id {end_id})"
+            )
+    if teacher_fp.added_sha != student_fp.added_sha:
+        notes.append("their added/special tokens differ (each side builds its own prompt)")
+    if problems and not allow_mismatch:
+        raise TokenizerMismatch(
+            f"{names} disagree on token ids:\n  - "
+            + "\n  - ".join(problems)
+            + "\nThe cache stores token ids, so the student would learn the wrong tokens. Use a "
+            "teacher that shares the student's tokenizer, or set teacher.allow_tokenizer_mismatch "
+            "(with loss.divergence: uld)."
+        )
+    return problems + notes
+
+
+def _vocab_difference(teacher: Any, student: Any) -> str:
+    t_vocab, _ = _vocab_split(teacher)
+    s_vocab, _ = _vocab_split(student)
+    differing = sorted(tok for tok in set(t_vocab) | set(s_vocab) if t_vocab.get(tok) != s_vocab.get(tok))
+    examples = ", ".join(
+        f"{tok!r}: teacher {t_vocab.get(tok)} vs student {s_vocab.get(tok)}" for tok in differing[:3]
+    )
+    return (
+        f"{len(differing)} ordinary tokens map to different ids "
+        f"(teacher {len(t_vocab)} tokens, student {len(s_vocab)}), e.g. {examples}"
+    )

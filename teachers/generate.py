@@ -1,0 +1,326 @@
+"""``generate-teacher``: every manifest sample through the teacher, into the soft-target cache.
+
+Order of checks, cheapest first, so a wrong setting fails in seconds and writes nothing: prompt
+templates for every task, tokenizer compatibility (teacher vs student ids), the cache's meta,
+then the teacher itself (connect, or start a server). Only then is the cache writer opened.
+A rerun skips the ids already stored, so an interrupted job simply runs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from teachers.backends.base import (
+    GenerationSettings,
+    TeacherBackend,
+    TeacherRequest,
+    TeacherResult,
+)
+from teachers.cache.format import CachedSample, CacheMeta
+from teachers.cache.reader import open_cache, read_meta
+from teachers.cache.writer import META_NAME, CacheMetaMismatch, CacheWriter
+from teachers.fingerprint import check_compatible, fingerprint
+from teachers.prompts import check_templates, prompt_ids, split_rationale, template_hash
+
+
+@dataclass
+class JobSummary:
+    cache_dir: str
+    records: int = 0
+    already_cached: int = 0
+    written: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    failures: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.interrupted
+
+    def lines(self) -> list[str]:
+        rate = self.tokens / self.seconds if self.seconds else 0.0
+        out = [
+            f"cache      {self.cache_dir}",
+            f"samples    {self.records} in the manifests, {self.already_cached} already cached, "
+            f"{self.written} written, {len(self.failures)} failed",
+            f"tokens     {self.tokens} in {self.seconds:.1f} s ({rate:.1f} tokens/s)",
+        ]
+        reasons = Counter(self.failures.values())
+        for reason, count in reasons.most_common(10):
+            ids = [i for i, r in self.failures.items() if r == reason][:3]
+            out.append(f"failed     {count} x {reason} (e.g. {', '.join(ids)})")
+        if self.interrupted:
+            out.append("interrupted: the samples written so far are kept; rerun to continue")
+        return out
+
+
+# ------------------------------------------------------------------------------ inputs
+def load_tokenizer(name_or_path: str, revision: str | None = None, gguf_file: str | None = None):
+    from transformers import AutoTokenizer
+
+    kwargs: dict[str, Any] = {"revision": revision}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+
+
+def teacher_tokenizer(teacher):
+    if teacher.tokenizer:
+        return load_tokenizer(teacher.tokenizer, teacher.revision)
+    return load_tokenizer(teacher.model, teacher.revision, teacher.gguf_file)
+
+
+def student_tokenizer(recipe):
+    llm = recipe.model.llm
+    return load_tokenizer(llm.name_or_path, llm.revision, llm.gguf_file)
+
+
+def collect_records(recipe, limit: int | None = None) -> list[dict]:
+    """Train then valid manifest records (task filters applied), each id once, first ``limit``."""
+    import datasets
+
+    from distill.data.manifest import load_manifest
+
+    records, seen = [], set()
+    quiet = not datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # our own bar is the one to watch
+    try:
+        for spec in [*recipe.data.train, *recipe.data.valid]:
+            for record in load_manifest(spec.path, check_audio=False):  # the teacher reads text
+                if spec.tasks and record["task"] not in spec.tasks:
+                    continue
+                if record["id"] in seen:
+                    continue
+                seen.add(record["id"])
+                records.append(dict(record))
+                if limit is not None and len(records) >= limit:
+                    return records
+    finally:
+        if not quiet:
+            datasets.enable_progress_bars()
+    return records
+
+
+def teacher_vocab_size(teacher, tokenizer) -> int:
+    """The model's output width (it may exceed the tokenizer's length), for the id bit width."""
+    size = len(tokenizer)
+    try:
+        from transformers import AutoConfig
+
+        kwargs: dict[str, Any] = {"revision": teacher.revision}
+        if teacher.gguf_file:
+            kwargs["gguf_file"] = teacher.gguf_file
+        config = AutoConfig.from_pretrained(teacher.model, **kwargs)
+        config = getattr(config, "text_config", None) or config
+        size = max(size, int(getattr(config, "vocab_size", 0) or 0))
+    except Exception:  # noqa: BLE001 - no config reachable: the tokenizer's size will do
+        pass
+    return size
+
+
+def stop_ids(teacher, tokenizer) -> list[int]:
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    try:
+        from transformers import GenerationConfig
+
+        eos = GenerationConfig.from_pretrained(teacher.model, revision=teacher.revision).eos_token_id
+        ids += eos if isinstance(eos, list) else [eos] if eos is not None else []
+    except Exception:  # noqa: BLE001 - no generation config: the tokenizer's EOS only
+        pass
+    return sorted({int(i) for i in ids})
+
+
+def build_meta(recipe, teacher_tok, student_tok, vocab_size: int) -> CacheMeta:
+    teacher = recipe.teacher
+    generate = teacher.mode == "generate"
+    return CacheMeta(
+        teacher=teacher.model if not teacher.gguf_file else f"{teacher.model}/{teacher.gguf_file}",
+        teacher_revision=teacher.revision,
+        tokenizer_fingerprint=fingerprint(teacher_tok).digest,
+        target_tokenizer_fingerprint=fingerprint(student_tok).digest,
+        mode=teacher.mode,
+        k=teacher.top_k,
+        logprob_mode=teacher.logprob_mode,
+        temperature=float(teacher.temperature),
+        prompt_template_hash=template_hash(teacher.prompts, getattr(teacher_tok, "chat_template", None)),
+        vocab_size=vocab_size,
+        max_new_tokens=teacher.max_new_tokens if generate else None,
+        rationale_as_target=bool(teacher.rationale_as_target) if generate else False,
+    )
+
+
+# --------------------------------------------------------------------------------- job
+class Job:
+    """One generate-teacher run; ``run()`` returns a JobSummary."""
+
+    def __init__(
+        self,
+        recipe,
+        endpoints: list[str] | None = None,
+        limit: int | None = None,
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
+        backend: TeacherBackend | None = None,
+        log=sys.stderr,
+    ):
+        self.recipe = recipe
+        self.teacher = recipe.teacher
+        self.endpoints = list(endpoints or self.teacher.endpoints)
+        self.limit = limit
+        self.cache_dir = Path(cache_dir or self.teacher.cache_dir)
+        self.progress = progress
+        self.backend = backend
+        self.log = log
+        self.summary = JobSummary(str(self.cache_dir))
+
+    # -- checks that need no teacher
+    def prepare(self) -> list[dict]:
+        from distill.data.targets import encode_target
+
+        self.encode_target = encode_target
+        records = collect_records(self.recipe, self.limit)
+        self.summary.records = len(records)
+        check_templates(self.teacher.prompts, {r["task"] for r in records})
+        self.teacher_tok = teacher_tokenizer(self.teacher)
+        self.student_tok = student_tokenizer(self.recipe)
+        self.summary.notes += check_compatible(
+            self.teacher_tok, self.student_tok, self.teacher.allow_tokenizer_mismatch
+        )
+        vocab = teacher_vocab_size(self.teacher, self.teacher_tok)
+        self.meta = build_meta(self.recipe, self.teacher_tok, self.student_tok, vocab)
+        stored: set[str] = set()
+        if (self.cache_dir / META_NAME).exists():
+            problems = read_meta(self.cache_dir).differences(self.meta)
+            if problems:
+                raise CacheMetaMismatch(
+                    f"{self.cache_dir} holds a cache made with other settings (cached != this "
+                    "run):\n  " + "\n  ".join(problems)
+                    + "\nuse another teacher.cache_dir, or delete this cache to rebuild it"
+                )
+            with open_cache(self.cache_dir) as cache:
+                stored = cache.ids()
+        todo = [r for r in records if r["id"] not in stored]
+        self.summary.already_cached = len(records) - len(todo)
+        return todo
+
+    def run(self) -> JobSummary:
+        todo = self.prepare()
+        if not todo:
+            return self.summary
+        started = time.monotonic()
+        try:
+            if self.backend is None and self.teacher.backend == "vllm_server" and not self.endpoints:
+                from teachers.server import VLLMServer
+
+                print("no teacher.endpoints given: starting a vLLM server", file=self.log)
+                with VLLMServer(self.teacher, port=0) as server:
+                    print(f"vLLM server ready at {server.endpoint} (log: {server.log_path})",
+                          file=self.log)
+                    self.endpoints = [server.endpoint]
+                    asyncio.run(self._run_async(todo))
+            else:
+                asyncio.run(self._run_async(todo))
+        except KeyboardInterrupt:
+            self.summary.interrupted = True
+        finally:
+            self.summary.seconds = time.monotonic() - started
+        return self.summary
+
+    # -- the loop
+    async def _run_async(self, todo: list[dict]) -> None:
+        from teachers.backends import make_backend
+
+        backend = self.backend or make_backend(self.teacher, self.endpoints)
+        try:
+            await backend.start()  # TeacherUnavailable here: nothing has been written
+            settings = None
+            if self.teacher.mode == "generate":
+                settings = GenerationSettings(
+                    max_new_tokens=self.teacher.max_new_tokens,
+                    temperature=self.teacher.temperature,
+                    stop_ids=stop_ids(self.teacher, self.teacher_tok),
+                )
+            by_id = {r["id"]: r for r in todo}
+            requests = self._requests(todo, backend.max_model_len)
+            bar = self._bar(len(todo))
+            began = time.monotonic()
+            with CacheWriter(self.cache_dir, self.meta, shard_size=self.teacher.shard_size) as writer:
+                async for result in backend.run(requests, self.teacher.top_k, settings):
+                    self._store(writer, result, by_id[result.sample_id])
+                    bar.update(1)
+                    rate = self.summary.tokens / max(time.monotonic() - began, 1e-9)
+                    bar.set_postfix_str(f"{rate:.0f} tok/s, {len(self.summary.failures)} failed")
+            bar.close()
+        finally:
+            await backend.aclose()
+
+    def _requests(self, todo: list[dict], max_len: int | None) -> Iterator[TeacherRequest]:
+        scoring = self.teacher.mode == "score"
+        for record in todo:
+            sample_id = record["id"]
+            try:
+                prompt = prompt_ids(self.teacher_tok, record, self.teacher.prompts)
+            except Exception as err:  # noqa: BLE001 - a bad record is a failure, not a crash
+                self.summary.failures[sample_id] = f"prompt: {err}"
+                continue
+            response = None
+            if scoring:
+                if not record.get("text"):
+                    self.summary.failures[sample_id] = "no target text to score"
+                    continue
+                response = self.encode_target(self.student_tok, record["text"])
+            length = len(prompt) + (len(response) if response else self.teacher.max_new_tokens)
+            if max_len and length > max_len:
+                self.summary.failures[sample_id] = f"longer than the teacher's max_model_len ({max_len})"
+                continue
+            yield TeacherRequest(sample_id, prompt, response)
+
+    def _store(self, writer: CacheWriter, result: TeacherResult, record: dict) -> None:
+        if not result.ok:
+            self.summary.failures[result.sample_id] = result.error
+            return
+        try:
+            sample = self._sample(result, record)
+            writer.add(result.sample_id, sample)
+        except ValueError as err:
+            self.summary.failures[result.sample_id] = str(err)
+            return
+        self.summary.written += 1
+        self.summary.tokens += len(sample.response_ids)
+
+    def _sample(self, result: TeacherResult, record: dict) -> CachedSample:
+        if self.teacher.mode == "score":
+            return CachedSample(
+                result.response_ids, result.topk_ids, result.topk_logprobs, None, record.get("text")
+            )
+        if result.finish_reason == "length":
+            raise ValueError(f"the teacher stopped at max_new_tokens ({self.teacher.max_new_tokens})")
+        ids = [int(i) for i in result.response_ids]
+        start, rationale = split_rationale(self.teacher_tok, ids)
+        if self.teacher.rationale_as_target:
+            start = 0
+        if start >= len(ids):
+            raise ValueError("the teacher's answer is empty")
+        answer = ids[start:]
+        text = self.teacher_tok.decode(answer, skip_special_tokens=True).strip()
+        return CachedSample(
+            result.response_ids[start:], result.topk_ids[start:], result.topk_logprobs[start:],
+            rationale, text,
+        )
+
+    def _bar(self, total: int):
+        from tqdm import tqdm
+
+        return tqdm(
+            total=total, unit="sample", desc="teacher", file=self.log, dynamic_ncols=True,
+            disable=not self.progress, mininterval=0.5,
+        )

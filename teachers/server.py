@@ -1,0 +1,236 @@
+"""``serve-teacher``: run vLLM's OpenAI server for the recipe's teacher as a child process.
+
+Why a child process: vLLM lives in its own venv (``teacher.server.python``) with its own torch
+and transformers, and the toolkit only talks HTTP to it. Start-up takes a minute or more, so we
+poll ``/health``; a server that dies on the way is reported with the tail of its log (the usual
+causes, a missing model or an unsupported head size, are only visible there). Stopping
+terminates the child's whole process group (vLLM forks engine workers), waits, then kills.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+
+
+class ServerStartError(RuntimeError):
+    """The vLLM server did not come up (it exited, or never answered /health in time)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def model_argument(teacher) -> str:
+    if teacher.gguf_file:
+        return str(Path(teacher.model) / teacher.gguf_file)
+    return teacher.model
+
+
+VLLM_VENV_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ensure-vllm-venv.sh"
+
+
+def resolve_python(python: str) -> str:
+    """``auto``: the vLLM venv that scripts/ensure-vllm-venv.sh builds once and caches."""
+    if python != "auto":
+        return python
+    if not VLLM_VENV_SCRIPT.is_file():
+        raise ServerStartError(
+            "teacher.server.python is 'auto', which needs scripts/ensure-vllm-venv.sh from the "
+            "distill repository; set it to the python of a venv where vllm imports"
+        )
+    print("distill: locating the vLLM venv (built once, then cached) ...", file=sys.stderr)
+    result = subprocess.run(["bash", str(VLLM_VENV_SCRIPT)], capture_output=True, text=True,
+                            check=False)
+    if result.returncode != 0:
+        raise ServerStartError(f"{VLLM_VENV_SCRIPT} failed:\n{result.stderr[-2000:]}")
+    return str(Path(result.stdout.strip().splitlines()[-1]) / "bin" / "python")
+
+
+def server_command(teacher, host: str, port: int) -> list[str]:
+    """The vLLM command line for a TeacherConfig (``--max-logprobs`` covers top_k)."""
+    server = teacher.server
+    command = [
+        resolve_python(server.python), "-m", ENTRYPOINT,
+        "--model", model_argument(teacher),
+        "--host", host,
+        "--port", str(port),
+        "--max-logprobs", str(max(teacher.top_k, 20)),
+        "--logprobs-mode", teacher.logprob_mode,
+        "--dtype", server.dtype,
+        "--tensor-parallel-size", str(server.tensor_parallel_size),
+    ]
+    if teacher.revision:
+        command += ["--revision", teacher.revision]
+    if teacher.tokenizer:
+        command += ["--tokenizer", teacher.tokenizer]
+    if server.max_model_len:
+        command += ["--max-model-len", str(server.max_model_len)]
+    return command + list(server.extra_args)
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class VLLMServer:
+    """A vLLM server child process; a context manager that always stops what it started."""
+
+    def __init__(
+        self,
+        teacher,
+        host: str | None = None,
+        port: int | None = None,
+        log_path: str | os.PathLike | None = None,
+        env: dict[str, str] | None = None,
+    ):
+        self.teacher = teacher
+        self.host = host or teacher.server.host
+        self.port = port if port is not None else teacher.server.port
+        if self.port == 0:
+            self.port = free_port(self.host)
+        default_log = Path(tempfile.gettempdir()) / f"distill-vllm-{os.getpid()}-{self.port}.log"
+        self.log_path = Path(log_path) if log_path else default_log
+        self.env = env
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def command(self) -> list[str]:
+        return server_command(self.teacher, self.host, self.port)
+
+    def start(self) -> None:
+        env = dict(os.environ if self.env is None else self.env)
+        if Path(self.teacher.model).exists():
+            env.setdefault("HF_HUB_OFFLINE", "1")  # a local model needs no hub
+        key_env = self.teacher.api_key_env
+        if key_env and env.get(key_env):
+            env["VLLM_API_KEY"] = env[key_env]  # the server then requires the same key
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            try:
+                self.process = subprocess.Popen(
+                    self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=env, start_new_session=True,
+                )
+            except OSError as err:
+                raise ServerStartError(
+                    f"cannot run {self.teacher.server.python!r} ({err.strerror}); set "
+                    "teacher.server.python to the vLLM venv's python "
+                    "(scripts/ensure-vllm-venv.sh prints its folder)"
+                ) from None
+
+    def wait_ready(self, timeout: float | None = None) -> str:
+        """Block until ``/health`` answers 200; return the endpoint URL."""
+        timeout = timeout or self.teacher.server.startup_timeout_s
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.process.poll() if self.process else None
+            if code is not None:
+                raise ServerStartError(
+                    f"the vLLM server exited with code {code} during start-up "
+                    f"(command: {' '.join(self.command)}); last lines of {self.log_path}:\n"
+                    f"{log_tail(self.log_path)}"
+                )
+            if self.healthy():
+                return self.endpoint
+            time.sleep(1.0)
+        self.stop()
+        raise ServerStartError(
+            f"the vLLM server did not answer {self.endpoint}/health within {timeout:g} s "
+            f"(teacher.server.startup_timeout_s); last lines of {self.log_path}:\n"
+            f"{log_tail(self.log_path)}"
+        )
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/health", timeout=2) as answer:
+                return answer.status == 200
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, grace_s: float = 30.0) -> int | None:
+        """SIGTERM the server's process group, wait ``grace_s``, then SIGKILL it."""
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                process.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                process.wait()
+        # Engine workers left behind by a crashed parent would hold memory: reap the group.
+        self._signal_group(signal.SIGKILL)
+        return process.returncode
+
+    def _signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)  # the group we created with start_new_session
+
+    def __enter__(self) -> VLLMServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve(teacher, host: str | None = None, port: int | None = None, log_path=None) -> int:
+    """Run until Ctrl-C or SIGTERM; returns an exit code (1 if the server died on its own)."""
+    server = VLLMServer(teacher, host=host, port=port, log_path=log_path)
+    print(f"starting vLLM for {teacher.model}: {' '.join(server.command)}", file=sys.stderr)
+    print(f"log: {server.log_path}", file=sys.stderr)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        server.start()
+        endpoint = server.wait_ready()
+        print(endpoint, flush=True)
+        print("serving; Ctrl-C or SIGTERM stops the server", file=sys.stderr)
+        code = server.process.wait()
+        print(
+            f"error: the vLLM server exited with code {code}; last lines of {server.log_path}:\n"
+            f"{log_tail(server.log_path)}",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        print("stopping the vLLM server", file=sys.stderr)
+        return 0
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
