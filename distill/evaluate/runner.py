@@ -35,6 +35,8 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
     path = Path(checkpoint)
     if not path.is_dir():
         raise EvaluationError(f"checkpoint {path}: no such directory")
+    if (path / "student" / CONFIG_FILE).is_file():  # a trainer checkpoint (e.g. runs/x/best)
+        path = path / "student"
     if not (path / CONFIG_FILE).is_file():
         raise EvaluationError(
             f"checkpoint {path}: not a student checkpoint (no {CONFIG_FILE}; expected a folder "

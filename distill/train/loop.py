@@ -99,7 +99,9 @@ class Trainer:
         self.output_dir = Path(cfg.output_dir)
         self.student = SalmonnStudent.from_config(recipe.model, device=self.accelerator.device)
         if cfg.init_from:
-            self.student.load_trainable(cfg.init_from)
+            from distill.evaluate.runner import check_checkpoint
+
+            self.student.load_trainable(check_checkpoint(cfg.init_from))
         self.processor = self.student.processor
         self.cache = open_teacher_cache(recipe, self.student.tokenizer)
         self.train_set = TrainingSet(recipe, self.processor, split="train", cache=self.cache)
@@ -362,6 +364,6 @@ def train_student(recipe: Recipe, *, resume: bool = False, run_eval: bool | None
     if (recipe.train.evaluate_when_done if run_eval is None else run_eval) and recipe.eval.sets:
         from distill.evaluate.runner import evaluate
 
-        _, paths = evaluate(recipe, best / STUDENT_DIR)
+        _, paths = evaluate(recipe, best)
         print(f"evaluation report: {paths['markdown']}")
     return best

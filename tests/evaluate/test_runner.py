@@ -97,6 +97,16 @@ def test_hypotheses_match_a_direct_generate_call(tmp_path, checkpoint):
     assert first["hypothesis"] == student.processor.decode(ids)[0]
 
 
+def test_a_trainer_checkpoint_folder_is_accepted(tmp_path, checkpoint):
+    import shutil
+
+    from distill.evaluate.runner import check_checkpoint
+
+    trainer_dir = tmp_path / "step-00000010"
+    shutil.copytree(checkpoint, trainer_dir / "student")
+    assert check_checkpoint(trainer_dir) == trainer_dir / "student"
+
+
 def test_missing_or_wrong_checkpoint_is_a_clear_error(tmp_path):
     recipe = make_recipe(tmp_path)
     with pytest.raises(EvaluationError, match="no such directory"):
