@@ -7,7 +7,7 @@
 # Everything but the final path goes to stderr.
 set -euo pipefail
 
-extras="${DISTILL_EXTRAS:-dev}"
+extras="${DISTILL_EXTRAS:-dev,deepspeed}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-python3}"
 home="${DISTILL_VENV_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/distill/venvs}"

@@ -7,8 +7,11 @@ clips only statistical outliers; AutoClip (Seetharaman et al., 2020) clips at a 
 norms seen so far. Both keep ``max_norm`` as a hard cap.
 
 Every clipper answers one question, ``decide(norm)``: the threshold to enforce this step given the
-pre-clip global norm. The trainer applies it (by scaling gradients itself, or by handing it to
-DeepSpeed), so the same rule works with or without DeepSpeed. ``state_dict`` makes resume exact.
+pre-clip global norm; the trainer scales the gradients. Under DeepSpeed ZeRO the optimizer clips
+inside its own step, before we see the norm, so the trainer hands it ``preset_threshold()`` (the
+threshold that applies to any norm this step) and afterwards reports the norm with
+``decide(norm, preset=True)``, which updates the statistics the same way. ``state_dict`` makes
+resume exact.
 """
 
 from __future__ import annotations
@@ -33,8 +36,11 @@ class ClipDecision:
 
 
 class NoClip:
-    def decide(self, norm: float) -> ClipDecision:
+    def decide(self, norm: float, *, preset: bool = False) -> ClipDecision:
         return ClipDecision(norm, None)
+
+    def preset_threshold(self) -> float | None:
+        return None
 
     def state_dict(self) -> dict:
         return {}
@@ -47,8 +53,11 @@ class FixedClip(NoClip):
     def __init__(self, max_norm: float):
         self.max_norm = max_norm
 
-    def decide(self, norm: float) -> ClipDecision:
+    def decide(self, norm: float, *, preset: bool = False) -> ClipDecision:
         return ClipDecision(norm, self.max_norm)
+
+    def preset_threshold(self) -> float | None:
+        return self.max_norm
 
 
 class ZClip:
@@ -68,23 +77,37 @@ class ZClip:
         self.mean: float | None = None
         self.var: float | None = None
 
-    def decide(self, norm: float) -> ClipDecision:
+    def decide(self, norm: float, *, preset: bool = False) -> ClipDecision:
         if not math.isfinite(norm):
             # A NaN/inf norm says nothing about the distribution: cap it and keep the statistics.
             return ClipDecision(norm, self.max_norm if self.max_norm is not None else 0.0)
         if self.mean is None:
             self._collect(norm)
             return ClipDecision(norm, self.max_norm)
+        threshold = self.preset_threshold() if preset else self._adaptive_threshold(norm)
+        effective = min(norm, threshold) if threshold is not None else norm
+        self._update(effective)
+        return ClipDecision(norm, threshold)
+
+    def _adaptive_threshold(self, norm: float) -> float | None:
         std = math.sqrt(self.var)
         z = (norm - self.mean) / (std + self.eps)
         threshold = None
         if z > self.z_threshold:
             threshold = self.mean + self.z_threshold * std / (z / self.z_threshold)
-        if self.max_norm is not None:
-            threshold = self.max_norm if threshold is None else min(threshold, self.max_norm)
-        effective = min(norm, threshold) if threshold is not None else norm
-        self._update(effective)
-        return ClipDecision(norm, threshold)
+        return self._cap(threshold)
+
+    def preset_threshold(self) -> float | None:
+        """The norm at which z = z_threshold: larger norms are clipped to it (no adaptive
+        shrinking, which needs the norm first)."""
+        if self.mean is None:
+            return self.max_norm
+        return self._cap(self.mean + self.z_threshold * math.sqrt(self.var))
+
+    def _cap(self, threshold: float | None) -> float | None:
+        if self.max_norm is None:
+            return threshold
+        return self.max_norm if threshold is None else min(threshold, self.max_norm)
 
     def _collect(self, norm: float) -> None:
         self.warmup_norms.append(norm)
@@ -113,14 +136,18 @@ class AutoClip:
         self.percentile, self.history, self.max_norm = percentile, history, max_norm
         self.norms: list[float] = []  # in arrival order, for the sliding window
 
-    def decide(self, norm: float) -> ClipDecision:
-        threshold = self._percentile() if self.norms else None
-        if self.max_norm is not None:
-            threshold = self.max_norm if threshold is None else min(threshold, self.max_norm)
+    def decide(self, norm: float, *, preset: bool = False) -> ClipDecision:
+        threshold = self.preset_threshold()
         if math.isfinite(norm):
             self.norms.append(norm)
             del self.norms[: -self.history]
         return ClipDecision(norm, threshold)
+
+    def preset_threshold(self) -> float | None:
+        threshold = self._percentile() if self.norms else None
+        if self.max_norm is not None:
+            threshold = self.max_norm if threshold is None else min(threshold, self.max_norm)
+        return threshold
 
     def _percentile(self) -> float:
         """Linear-interpolated percentile, as numpy's default."""

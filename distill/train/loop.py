@@ -15,7 +15,6 @@ import json
 import math
 import time
 from collections import Counter
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,8 +93,17 @@ class Trainer:
         self.recipe = recipe
         cfg = recipe.train
         precision = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[cfg.precision]
-        self.accelerator = accelerator or Accelerator(mixed_precision=precision)
+        plugin = None
+        if cfg.deepspeed_config:  # else `accelerate launch --config_file ...` may bring one
+            from accelerate import DeepSpeedPlugin
+
+            plugin = DeepSpeedPlugin(hf_ds_config=cfg.deepspeed_config)
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accumulation,
+            deepspeed_plugin=plugin,
+        )
         set_seed(cfg.seed)
+        self._fill_deepspeed_config()
         self.output_dir = Path(cfg.output_dir)
         self.student = SalmonnStudent.from_config(recipe.model, device=self.accelerator.device)
         if cfg.init_from:
@@ -121,6 +129,22 @@ class Trainer:
         self.progress = Progress()
         self.stats = DataStats()
         self.writer = None
+
+    def _fill_deepspeed_config(self) -> None:
+        """The recipe decides batch size, accumulation and precision; DeepSpeed's "auto" fields
+        are filled from it (our DataLoader is not prepared by accelerate, so it cannot)."""
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is None:
+            return
+        cfg, config = self.recipe.train, plugin.deepspeed_config
+        world = self.accelerator.num_processes
+        config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+        config["gradient_accumulation_steps"] = cfg.grad_accumulation
+        config["train_batch_size"] = cfg.batch_size * cfg.grad_accumulation * world
+        for name, wanted in (("bf16", cfg.precision == "bf16"), ("fp16", cfg.precision == "fp16")):
+            section = config.setdefault(name, {})
+            if section.get("enabled", "auto") == "auto":
+                section["enabled"] = wanted
 
     # ---------------------------------------------------------------------------- data
     def _loader(self, dataset: TrainingSet, sampler, shuffle_seed: int):
@@ -186,32 +210,53 @@ class Trainer:
         global_tokens = float(acc.reduce(tokens, reduction="sum"))
         # Each process divides by the global count; DDP averages over processes, so scale back.
         num_items = global_tokens / acc.num_processes
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        deepspeed = self._zero_optimizer()
+        if deepspeed is not None:  # ZeRO clips inside its step: hand it this step's threshold
+            deepspeed.clip_grad = self.clipper.preset_threshold() or 0.0
         log: dict[str, float] = {}
-        for i, batch in enumerate(batches):
-            if not batch.sample_ids:
-                continue
-            sync = i == len(batches) - 1
-            context = acc.no_sync(self.student) if not sync else nullcontext()
-            with context, acc.autocast():
-                loss, parts = self._step_loss(batch, num_items)
-            acc.backward(loss)
+        for batch in batches:
+            # accumulate() syncs (and, under DeepSpeed, steps) on the last micro-batch only.
+            with acc.accumulate(self.student), acc.autocast():
+                if batch.sample_ids:
+                    loss, parts = self._step_loss(batch, num_items)
+                else:  # every sample skipped: a zero loss keeps the accumulation count right
+                    loss, parts = sum(p.reshape(-1)[0] for p in params) * 0.0, {}
+                # accelerate (or DeepSpeed) divides by the accumulation steps; our loss is
+                # already normalised by the whole step's token count.
+                acc.backward(loss * acc.gradient_accumulation_steps)
             log["loss"] = log.get("loss", 0.0) + float(loss.detach())
             for name, value in parts.items():
                 log[name] = log.get(name, 0.0) + value
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        norm = float(acc.clip_grad_norm_(params, float("inf")))
-        decision = self.clipper.decide(norm)
-        if decision.clipped:
-            for p in params:
-                if p.grad is not None:
-                    p.grad.mul_(decision.scale)
-        self.optimizer.step()
+        if deepspeed is not None:
+            norm = float(self.student.get_global_grad_norm() or 0.0)
+            decision = self.clipper.decide(norm, preset=True)
+        else:
+            norm = float(acc.clip_grad_norm_(params, float("inf")))
+            decision = self.clipper.decide(norm)
+            if decision.clipped:
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.mul_(decision.scale)
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         log.update(grad_norm=norm, clip_threshold=decision.threshold or float("nan"),
                    clipped=float(decision.clipped), lr=self.scheduler.get_last_lr()[0],
                    tokens=global_tokens)
         return log
+
+    def _zero_optimizer(self):
+        """DeepSpeed's optimizer (which clips to its ``clip_grad``), or None without DeepSpeed."""
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type != DistributedType.DEEPSPEED:
+            return None
+        optimizer = self.student.optimizer  # the DeepSpeed engine's
+        if not hasattr(optimizer, "clip_grad"):
+            raise RuntimeError(f"{type(optimizer).__name__} has no clip_grad: dynamic clipping "
+                               "needs a ZeRO or bf16 DeepSpeed optimizer")
+        return optimizer
 
     # ---------------------------------------------------------------------------- validation
     @torch.no_grad()
@@ -348,7 +393,9 @@ class Trainer:
                             lr=f"{log['lr']:.2e}")
             bar.update(1)
             if step % cfg.checkpoint.every_steps == 0 or step == self.total_steps:
-                last = self.save(metric)
+                self.accelerator.wait_for_everyone()
+                if self.accelerator.is_main_process:
+                    last = self.save(metric)
         bar.close()
         if self.writer is not None:
             self.writer.close()

@@ -75,3 +75,22 @@ def test_build_from_config():
     assert isinstance(build_clipper(ClipConfig(mode="autoclip")), AutoClip)
     assert isinstance(build_clipper(ClipConfig(mode="none")), NoClip)
     assert build_clipper(ClipConfig(mode="fixed", max_norm=2.0)).max_norm == 2.0
+
+
+def test_zclip_preset_threshold_is_the_z_boundary_and_updates_like_decide():
+    clip = ZClip(alpha=0.9, z_threshold=2.0, warmup_steps=2)
+    assert clip.preset_threshold() is None  # warm-up, no cap
+    clip.decide(1.0)
+    clip.decide(3.0)  # mean 2, variance 1
+    assert clip.preset_threshold() == pytest.approx(2.0 + 2.0 * 1.0)
+    decision = clip.decide(10.0, preset=True)
+    assert decision.clipped and decision.threshold == pytest.approx(4.0)
+    # the EMA saw the clipped value, as with decide()
+    assert clip.mean == pytest.approx(0.9 * 2.0 + 0.1 * 4.0)
+
+
+def test_autoclip_preset_equals_its_decision():
+    clip = AutoClip(percentile=50.0, history=10)
+    for n in (1.0, 2.0, 3.0):
+        clip.decide(n)
+    assert clip.preset_threshold() == clip.decide(100.0, preset=True).threshold == 2.0
