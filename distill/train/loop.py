@@ -308,6 +308,13 @@ class Trainer:
         latest = self.checkpoints.latest()
         if latest is None:
             return False
+        if self._zero_optimizer() is not None and self.accelerator.num_processes > 1:
+            # Checkpoints hold rank 0's optimizer state; ZeRO partitions it across ranks.
+            raise RuntimeError(
+                f"--resume under DeepSpeed with {self.accelerator.num_processes} processes is not "
+                "supported yet (ZeRO optimizer state is partitioned per rank); resume with one "
+                "process, or start from the weights with train.init_from"
+            )
         state = torch.load(latest / TRAINER_STATE, weights_only=False)
         self.accelerator.unwrap_model(self.student).load_trainable(latest / STUDENT_DIR)
         self.optimizer.load_state_dict(state["optimizer"])
