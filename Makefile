@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .PHONY: demo test lint bench-losses venv
 
 demo:
-	@venv=$$(bash scripts/ensure-venv.sh) && \
+	@venv=$$(bash scripts/ensure-venv.sh) && export PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" && \
 	$$venv/bin/distill validate recipes/*.yaml && \
 	$$venv/bin/distill validate recipes/demo.yaml --plan && \
 	echo && \

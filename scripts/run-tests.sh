@@ -3,6 +3,8 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 venv="$(bash scripts/ensure-venv.sh)" || exit 1
+# The venv is shared by every clone; this clone's code comes first for us and our subprocesses.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$venv/bin/ruff" check . || exit 1
 "$venv/bin/python" -m pytest "$@"
 status=$?
