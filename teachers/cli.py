@@ -73,7 +73,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from distill.data.manifest import ManifestError
     from teachers.backends.base import TeacherUnavailable
+    from teachers.cache.format import CacheFormatError
     from teachers.cache.writer import CacheMetaMismatch
     from teachers.fingerprint import TokenizerMismatch
     from teachers.generate import Job
@@ -92,11 +94,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         summary = job.run()
-    except (TokenizerMismatch, CacheMetaMismatch, PromptError) as err:
+    except (TokenizerMismatch, CacheMetaMismatch, PromptError, ManifestError,
+            CacheFormatError) as err:
         return _error(str(err), EXIT_BAD_INPUT)
     except (TeacherUnavailable, ServerStartError) as err:
         return _error(f"{err}\nnothing was written for the samples still to do", EXIT_FAILED)
-    except FileNotFoundError as err:
+    except OSError as err:  # a missing file, or a tokenizer/model path that does not load
         return _error(str(err), EXIT_BAD_INPUT)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -108,8 +108,8 @@ def check_compatible(teacher: Any, student: Any, allow_mismatch: bool = False) -
             f"{names} disagree on token ids:\n  - "
             + "\n  - ".join(problems)
             + "\nThe cache stores token ids, so the student would learn the wrong tokens. Use a "
-            "teacher that shares the student's tokenizer, or set teacher.allow_tokenizer_mismatch "
-            "(with loss.divergence: uld)."
+            "teacher that shares the student's tokenizer (cross-tokenizer distillation through "
+            "the pipeline, i.e. teacher.allow_tokenizer_mismatch, is not supported yet)."
         )
     return problems + notes
 

@@ -278,7 +278,8 @@ class Job:
                     self.summary.failures[sample_id] = "no target text to score"
                     continue
                 response = self.encode_target(self.student_tok, record["text"])
-            length = len(prompt) + (len(response) if response else self.teacher.max_new_tokens)
+            # A score request asks for max_tokens=1, which vLLM counts against max_model_len too.
+            length = len(prompt) + (len(response) + 1 if response else self.teacher.max_new_tokens)
             if max_len and length > max_len:
                 self.summary.failures[sample_id] = f"longer than the teacher's max_model_len ({max_len})"
                 continue
@@ -312,6 +313,8 @@ class Job:
             raise ValueError("the teacher's answer is empty")
         answer = ids[start:]
         text = self.teacher_tok.decode(answer, skip_special_tokens=True).strip()
+        if not text:  # e.g. "</think>" then only the end token
+            raise ValueError("the teacher's answer is empty")
         return CachedSample(
             result.response_ids[start:], result.topk_ids[start:], result.topk_logprobs[start:],
             rationale, text,

@@ -110,6 +110,7 @@ class VLLMServer:
         self.log_path = Path(log_path) if log_path else default_log
         self.env = env
         self.process: subprocess.Popen | None = None
+        self._command: list[str] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -118,7 +119,10 @@ class VLLMServer:
 
     @property
     def command(self) -> list[str]:
-        return server_command(self.teacher, self.host, self.port)
+        """Built once: ``python: auto`` runs the venv script, which should not run again."""
+        if self._command is None:
+            self._command = server_command(self.teacher, self.host, self.port)
+        return self._command
 
     def start(self) -> None:
         env = dict(os.environ if self.env is None else self.env)
@@ -136,7 +140,7 @@ class VLLMServer:
                 )
             except OSError as err:
                 raise ServerStartError(
-                    f"cannot run {self.teacher.server.python!r} ({err.strerror}); set "
+                    f"cannot run {self.command[0]!r} ({err.strerror}); set "
                     "teacher.server.python to the vLLM venv's python "
                     "(scripts/ensure-vllm-venv.sh prints its folder)"
                 ) from None

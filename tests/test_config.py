@@ -167,3 +167,9 @@ def test_defaults_alone_are_the_reference_student():
     assert recipe.model.qformer.window_frames == 17
     assert recipe.model.llm.lora.r == 8
     assert recipe.train.clip.mode == "zclip" and recipe.train.clip.zclip_z_threshold == 2.5
+
+
+def test_cross_tokenizer_pipeline_is_refused_until_supported(tmp_path):
+    path = write(tmp_path / "r.yaml", "name: x\nteacher:\n  allow_tokenizer_mismatch: true\n")
+    with pytest.raises(RecipeError, match="allow_tokenizer_mismatch is not supported yet"):
+        load_recipe(path)

@@ -152,17 +152,29 @@ class TrainingSet(Dataset):
 
 
 class EpochSampler(Sampler):
-    """Yields (epoch, index) keys from ``start`` on, epoch after epoch (forever)."""
+    """Yields (epoch, index) keys from global position ``start`` on, epoch after epoch (forever).
 
-    def __init__(self, order: WeightedEpochSampler, epoch: int = 0, start: int = 0):
+    The key stream is one sequence across epochs; with several processes, rank r takes keys
+    r, r + world, r + 2 world, ... of it, so ranks never share a sample and after each rank read
+    n keys exactly n * world of the stream were consumed (``start`` stays a global position).
+    """
+
+    def __init__(self, order: WeightedEpochSampler, epoch: int = 0, start: int = 0,
+                 rank: int = 0, world: int = 1):
         self.order, self.epoch, self.start = order, epoch, start
+        self.rank, self.world = rank, world
 
-    def __iter__(self):
+    def _stream(self):
         epoch, start = self.epoch, self.start
         while True:
             for index in self.order.iterate(epoch, start):
                 yield (epoch, index)
             epoch, start = epoch + 1, 0
+
+    def __iter__(self):
+        for position, key in enumerate(self._stream()):
+            if position % self.world == self.rank:
+                yield key
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -159,11 +160,12 @@ class Trainer:
 
     def _micro_batches(self):
         """Yields (batch, epoch, position after it) forever, from the saved position."""
-        p = self.progress
-        sampler = EpochSampler(self.order, p.epoch, p.position)
+        p, acc = self.progress, self.accelerator
+        sampler = EpochSampler(self.order, p.epoch, p.position, acc.process_index,
+                               acc.num_processes)
         epoch, position, per_epoch = p.epoch, p.position, len(self.order)
         for batch in self._loader(self.train_set, sampler, self.recipe.train.seed):
-            position += batch.num_read
+            position += batch.num_read * acc.num_processes  # every rank read as many keys
             while position >= per_epoch:
                 epoch, position = epoch + 1, position - per_epoch
             yield batch, epoch, position
@@ -328,12 +330,19 @@ class Trainer:
         return True
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log lines written after the checkpoint we resume from (they will be redone)."""
+        """Drop log lines written after the checkpoint we resume from (they will be redone),
+        and a line a kill tore in half."""
         path = self.output_dir / LOG_FILE
-        if not path.is_file():
+        if not self.accelerator.is_main_process or not path.is_file():
             return
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        tmp = path.with_suffix(".tmp")
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+        tmp = path.with_name(f".{LOG_FILE}.{os.getpid()}.tmp")
         tmp.write_text("".join(f"{line}\n" for line in kept))
         tmp.replace(path)
 

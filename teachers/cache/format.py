@@ -80,7 +80,12 @@ class CacheMeta:
 
     @classmethod
     def from_json(cls, text: str) -> CacheMeta:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise CacheFormatError(f"meta record is not valid JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise CacheFormatError(f"meta record must be a JSON object, got {type(data).__name__}")
         if data.get("format") != FORMAT_NAME:
             raise CacheFormatError(f"not a {FORMAT_NAME} meta record (format={data.get('format')!r})")
         if data.get("version") != FORMAT_VERSION:
@@ -92,6 +97,11 @@ class CacheMeta:
         unknown = sorted(set(data) - known)
         if unknown:
             raise CacheFormatError(f"meta record has unknown fields: {', '.join(unknown)}")
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = sorted(required - set(data))
+        if missing:
+            raise CacheFormatError(f"meta record lacks required fields: {', '.join(missing)}")
         return cls(**data)
 
     def differences(self, other: CacheMeta) -> list[str]:

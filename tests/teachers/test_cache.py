@@ -303,3 +303,16 @@ def test_index_checksums_are_crc32_of_the_record_bytes(tmp_path):
     for sample_id in cache:
         entry = cache.entry(sample_id)
         assert zlib.crc32(cache.read_bytes(entry)) == entry.crc32
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("[1]", "must be a JSON object"), ("{not json", "not valid JSON"),
+     ('{"format": "FORMAT", "version": VERSION}', "lacks required fields: ")],
+)
+def test_malformed_meta_is_a_clear_format_error(text, expected):
+    from teachers.cache.format import FORMAT_NAME, FORMAT_VERSION, CacheFormatError, CacheMeta
+
+    text = text.replace("FORMAT", FORMAT_NAME).replace("VERSION", str(FORMAT_VERSION))
+    with pytest.raises(CacheFormatError, match=expected):
+        CacheMeta.from_json(text)

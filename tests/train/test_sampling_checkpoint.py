@@ -87,3 +87,15 @@ def test_rng_state_round_trip():
     restore_rng_state(state)
     assert random.random() == expected[0]
     assert torch.equal(torch.rand(3), expected[1])
+
+
+def test_ranks_share_no_sample_and_together_read_the_single_process_stream():
+    from itertools import islice
+
+    from distill.train.data import EpochSampler
+
+    order = WeightedEpochSampler([7, 5], [1.0, 2.0], seed=3)  # 17 keys an epoch: not / 2
+    single = list(islice(iter(EpochSampler(order, epoch=1, start=4)), 40))
+    ranks = [list(islice(iter(EpochSampler(order, 1, 4, rank, 2)), 20)) for rank in (0, 1)]
+    assert ranks[0] == single[0::2] and ranks[1] == single[1::2]
+    assert {e for e, _ in single} == {1, 2, 3}  # the stream runs on across epochs
