@@ -78,7 +78,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from teachers.cache.format import CacheFormatError
     from teachers.cache.writer import CacheMetaMismatch
     from teachers.fingerprint import TokenizerMismatch
-    from teachers.generate import Job
+    from teachers.generate import Job, TeacherModelError
     from teachers.prompts import PromptError
     from teachers.server import ServerStartError
 
@@ -95,7 +95,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
         summary = job.run()
     except (TokenizerMismatch, CacheMetaMismatch, PromptError, ManifestError,
-            CacheFormatError) as err:
+            CacheFormatError, TeacherModelError) as err:
         return _error(str(err), EXIT_BAD_INPUT)
     except (TeacherUnavailable, ServerStartError) as err:
         return _error(f"{err}\nnothing was written for the samples still to do", EXIT_FAILED)

@@ -110,21 +110,28 @@ def collect_records(recipe, limit: int | None = None) -> list[dict]:
     return records
 
 
-def teacher_vocab_size(teacher, tokenizer) -> int:
-    """The model's output width (it may exceed the tokenizer's length), for the id bit width."""
-    size = len(tokenizer)
-    try:
-        from transformers import AutoConfig
+class TeacherModelError(ValueError):
+    """The teacher model named by the recipe cannot be read (config, tokenizer)."""
 
-        kwargs: dict[str, Any] = {"revision": teacher.revision}
-        if teacher.gguf_file:
-            kwargs["gguf_file"] = teacher.gguf_file
+
+def teacher_vocab_size(teacher, tokenizer) -> int:
+    """The model's output width (it may exceed the tokenizer's length), for the id bit width.
+
+    Not guessed when the config cannot be read: it goes into the cache's meta, and a value that
+    depended on what was reachable would make a rerun elsewhere refuse its own cache."""
+    from transformers import AutoConfig
+
+    kwargs: dict[str, Any] = {"revision": teacher.revision}
+    if teacher.gguf_file:
+        kwargs["gguf_file"] = teacher.gguf_file
+    try:
         config = AutoConfig.from_pretrained(teacher.model, **kwargs)
-        config = getattr(config, "text_config", None) or config
-        size = max(size, int(getattr(config, "vocab_size", 0) or 0))
-    except Exception:  # noqa: BLE001 - no config reachable: the tokenizer's size will do
-        pass
-    return size
+    except (OSError, ValueError) as err:
+        raise TeacherModelError(
+            f"teacher.model: cannot read the config of {teacher.model!r}: {err}"
+        ) from None
+    config = getattr(config, "text_config", None) or config
+    return max(len(tokenizer), int(getattr(config, "vocab_size", 0) or 0))
 
 
 def stop_ids(teacher, tokenizer) -> list[int]:

@@ -87,9 +87,14 @@ class VLLMServerBackend(TeacherBackend):
 
     @classmethod
     def from_config(cls, teacher, endpoints: list[str]) -> VLLMServerBackend:
+        """Every endpoint must serve the recipe's teacher (vLLM names a model by its --model
+        argument): a cache must never mix targets from two models."""
+        from teachers.server import model_argument
+
         key = os.environ.get(teacher.api_key_env) if teacher.api_key_env else None
         return cls(
             endpoints,
+            model=model_argument(teacher),
             max_in_flight=teacher.max_in_flight,
             request_timeout_s=teacher.request_timeout_s,
             max_retries=teacher.max_retries,
@@ -116,7 +121,10 @@ class VLLMServerBackend(TeacherBackend):
             card = data[0]
             if self.model and all(m.get("id") != self.model for m in data):
                 served = ", ".join(str(m.get("id")) for m in data)
-                raise TeacherUnavailable(f"{endpoint.url} serves {served}, not {self.model}")
+                raise TeacherUnavailable(
+                    f"{endpoint.url} serves {served}, not the recipe's teacher {self.model} "
+                    "(start it with --model set to teacher.model, or fix teacher.model)"
+                )
             endpoint.model = self.model or card["id"]
             endpoint.max_model_len = card.get("max_model_len")
 

@@ -224,3 +224,17 @@ def test_http_status_error_carries_the_servers_message(fake):
 
     with pytest.raises(HTTPStatusError, match="HTTP 400: busy, try later"):
         asyncio.run(go())
+
+
+def test_an_endpoint_serving_another_model_than_the_recipe_is_refused(fake):
+    from distill.config import TeacherConfig
+
+    server = fake()
+    teacher = TeacherConfig(model="deepseek-ai/DeepSeek-R1-Distill-Llama-8B", max_retries=0)
+    other = VLLMServerBackend.from_config(teacher, [server.url])
+    with pytest.raises(TeacherUnavailable, match="serves fake-model, not the recipe's teacher"):
+        asyncio.run(other.start())
+    same = VLLMServerBackend.from_config(teacher.model_copy(update={"model": "fake-model"}),
+                                         [server.url])
+    asyncio.run(same.start())
+    asyncio.run(same.aclose())
