@@ -14,7 +14,7 @@ test:
 	@bash scripts/run-tests.sh
 
 lint:
-	@venv=$$(bash scripts/ensure-venv.sh) && $$venv/bin/ruff check . && $$venv/bin/ruff format --check .
+	@venv=$$(bash scripts/ensure-venv.sh) && $$venv/bin/ruff check .
 
 bench-losses:
 	@venv=$$(bash scripts/ensure-venv.sh) && $$venv/bin/python benchmarks/bench_losses.py

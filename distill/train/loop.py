@@ -243,7 +243,7 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        log.update(grad_norm=norm, clip_threshold=decision.threshold or float("nan"),
+        log.update(grad_norm=norm, clip_threshold=decision.threshold,  # None: no limit
                    clipped=float(decision.clipped), lr=self.scheduler.get_last_lr()[0],
                    tokens=global_tokens)
         return log
@@ -356,7 +356,7 @@ class Trainer:
             self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
         step = self.progress.step
         for name, value in values.items():
-            if isinstance(value, float) and not math.isnan(value):
+            if isinstance(value, float) and math.isfinite(value):
                 self.writer.add_scalar(f"train/{name}" if name not in ("valid_loss", "token_accuracy")
                                        else f"valid/{name}", value, step)
         with (self.output_dir / LOG_FILE).open("a") as handle:

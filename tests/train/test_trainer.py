@@ -275,4 +275,4 @@ def test_zero2_through_accelerate_on_cpu_matches_the_plain_first_step(workspace,
     assert got[0]["loss"] == pytest.approx(want[0]["loss"], rel=1e-5)
     assert got[0]["grad_norm"] == pytest.approx(want[0]["grad_norm"], rel=1e-4)
     assert all(math.isfinite(row["loss"]) for row in got)
-    assert not math.isnan(got[-1]["clip_threshold"])  # ZClip past warm-up set a threshold
+    assert got[-1]["clip_threshold"] is not None  # ZClip past warm-up set a threshold
