@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from distill import __version__
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_IMPLEMENTED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 OVERVIEW = """\
 distill: knowledge distillation for small, fast SALMONN-class audio language models.
@@ -26,6 +25,7 @@ The pipeline, left to right (every step reads one YAML recipe, see recipes/):
   train-student     fit the SALMONN-style student with CE + KD from the cache
   evaluate          WER, caption metrics and efficiency (TTFT, TPOT, memory) -> a report
   demo              all of the above, tiny, on a laptop CPU
+  app               a web page to try a trained student on a clip
 
 Start with:  distill validate recipes/demo.yaml --plan
 """
@@ -98,28 +98,104 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_cmd_validate)
 
 
-# ------------------------------------------------------------------------- not yet implemented
-def _not_implemented(issue: str) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
-        print(
-            f"distill {args.command}: not implemented yet (tracked as issue {issue}); "
-            "nothing was run.",
-            file=sys.stderr,
-        )
-        return EXIT_NOT_IMPLEMENTED
+# -------------------------------------------------------------------------------------- demo
+DEMO_HELP = """\
+Builds a small data set offline (sentences spoken by eSpeak NG, synthetic sound events with
+captions), makes tiny random Whisper and BEATs encoders, has SmolLM2-135M-Instruct fill the
+teacher cache (a vLLM server when the vLLM venv is built, else the transformers backend), trains
+the SALMONN student (4-bit SmolLM2 + LoRA) with the real trainer, and evaluates it: WER, caption
+metrics, TTFT / TPOT / memory, with the report and its plot. About 10 minutes on 2 CPU cores.
 
-    return handler
+Every stage resumes: rerun after an interruption and finished work is reused. The encoders are
+random (no model hub), so the numbers show the pipeline working, not a good model."""
 
 
-def _add_pending(sub: argparse._SubParsersAction) -> None:
-    demo = _add(
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from distill.config import RecipeError
+    from distill.demo.run import DemoError, run_demo, summary_lines
+
+    try:
+        result = run_demo(args.recipe, size=args.size, teacher=args.teacher, fresh=args.fresh)
+    except (RecipeError, DemoError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT if isinstance(err, RecipeError) else EXIT_FAILED
+    except KeyboardInterrupt:
+        print("\ninterrupted: rerun the same command to continue where it stopped",
+              file=sys.stderr)
+        return 130
+    print("\n".join(summary_lines(result, args.recipe)))
+    return EXIT_OK
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    parser = _add(
         sub,
         "demo",
-        "Run the whole pipeline end to end on a tiny synthetic data set on the CPU.",
+        "Run the whole pipeline end to end on a tiny offline data set on the CPU.",
         "distill demo",
+        DEMO_HELP,
     )
-    demo.add_argument("--recipe", type=Path, default=Path("recipes/demo.yaml"))
-    demo.set_defaults(func=_not_implemented("G"))
+    parser.add_argument("--recipe", type=Path, default=Path("recipes/demo.yaml"),
+                        help="the demo recipe (its paths say where everything goes)")
+    parser.add_argument("--size", choices=["standard", "smoke"], default="standard",
+                        help="smoke: a few clips and steps, to check an install in about 2 min")
+    parser.add_argument("--teacher", choices=["auto", "vllm", "transformers"], default="auto",
+                        help="auto: vLLM if its venv is built, else transformers")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete the previous demo's data, cache and checkpoints first")
+    parser.set_defaults(func=_cmd_demo)
+
+
+# --------------------------------------------------------------------------------------- app
+APP_HELP = """\
+Serves a Gradio page (offline: no fonts, scripts or analytics are fetched): upload or record a
+clip, pick a task preset (transcribe, describe the sound, ask a question) or type an
+instruction, choose greedy or beam decoding, and read the answer as it streams, with the
+request's TTFT, TPOT and peak memory beside it. Requests are queued: several people can use
+one page, each gets an answer in turn. Bad input (no audio, an unreadable file, an empty
+instruction) is answered on the page; clips longer than 30 s are cut, and the page says so."""
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    from distill.config import RecipeError
+    from distill.evaluate.runner import EvaluationError
+
+    if (args.checkpoint is None) == (args.recipe is None):
+        print("error: give exactly one of --checkpoint DIR (a trained student) or --recipe "
+              "FILE (an untrained one)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from distill.app.inference import Responder
+    from distill.app.page import serve
+
+    try:
+        if args.checkpoint is not None:
+            responder = Responder.from_checkpoint(args.checkpoint, device=args.device)
+        else:
+            responder = Responder.from_recipe(args.recipe, device=args.device)
+    except (RecipeError, EvaluationError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"distill app: http://{args.host}:{args.port}  (Ctrl-C stops it)", file=sys.stderr)
+    serve(responder, host=args.host, port=args.port)
+    return EXIT_OK
+
+
+def _add_app(sub: argparse._SubParsersAction) -> None:
+    parser = _add(
+        sub,
+        "app",
+        "Serve a web page to try a student on a clip (answers streamed, with TTFT/TPOT).",
+        "distill app --checkpoint runs/demo/student/best",
+        APP_HELP,
+    )
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="a trained student (a trainer checkpoint or save_pretrained folder)")
+    parser.add_argument("--recipe", type=Path, default=None,
+                        help="build an untrained student from this recipe instead (said on the page)")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 to share on a LAN)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cpu)")
+    parser.set_defaults(func=_cmd_app)
 
 
 # ----------------------------------------------------------------------------- train-student
@@ -218,9 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     prepare.add_parser(sub)
     teacher_cli.add_parsers(sub)
-    _add_pending(sub)
+    _add_demo(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_app(sub)
     return parser
 
 

@@ -6,6 +6,9 @@
 # keyed by a hash of scripts/vllm-requirements.txt and the Python version, so a rerun reuses it and
 # a requirement change builds a new one. Concurrent callers (parallel test sessions) wait on a lock
 # instead of building twice. Everything but the final path goes to stderr.
+#
+# --check: build nothing; print the path and exit 0 if the venv is complete, else exit 1
+# (`distill demo` uses it to pick vLLM when it is there and transformers otherwise).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,6 +23,11 @@ print(hashlib.sha256(wanted).hexdigest()[:16])
 PY
 )
 venv="$home/vllm-$key"
+
+if [ "${1:-}" = "--check" ]; then
+    [ -f "$venv/.complete" ] && echo "$venv" && exit 0
+    exit 1
+fi
 
 if [ ! -f "$venv/.complete" ]; then
     mkdir -p "$home"

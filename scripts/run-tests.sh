@@ -3,6 +3,9 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 venv="$(bash scripts/ensure-venv.sh)" || exit 1
+# The app's browser tests drive Debian's Chromium (installed once if missing).
+chromium="$(bash scripts/ensure-chromium.sh)" || exit 1
+export DISTILL_CHROMIUM="$chromium"
 # The venv is shared by every clone; this clone's code comes first for us and our subprocesses.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$venv/bin/ruff" check . || exit 1

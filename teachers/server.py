@@ -43,6 +43,22 @@ def model_argument(teacher) -> str:
 VLLM_VENV_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ensure-vllm-venv.sh"
 
 
+def installed_vllm_python(python: str) -> str | None:
+    """The vLLM interpreter ``python`` names if it is there now, else None; never builds.
+
+    ``auto`` asks scripts/ensure-vllm-venv.sh --check; an explicit path must exist.
+    """
+    if python != "auto":
+        return python if Path(python).is_file() else None
+    if not VLLM_VENV_SCRIPT.is_file():
+        return None
+    result = subprocess.run(["bash", str(VLLM_VENV_SCRIPT), "--check"], capture_output=True,
+                            text=True, check=False)
+    if result.returncode != 0 or not result.stdout.strip():
+        return None
+    return str(Path(result.stdout.strip().splitlines()[-1]) / "bin" / "python")
+
+
 def resolve_python(python: str) -> str:
     """``auto``: the vLLM venv that scripts/ensure-vllm-venv.sh builds once and caches."""
     if python != "auto":

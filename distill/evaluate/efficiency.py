@@ -47,6 +47,21 @@ def _cpu_peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def reset_peak_memory(device: torch.device) -> str:
+    """Start a new peak-memory window; return what will be measured (for the report)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return "GPU max allocated"
+    return "CPU peak RSS" if _reset_cpu_peak() else "CPU peak RSS since start"
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """The peak since ``reset_peak_memory``, in GB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1024**3
+    return _cpu_peak_gb()
+
+
 @torch.no_grad()
 def _one_run(student, waveform: torch.Tensor, instruction: str) -> tuple[float, float]:
     from students.prompting import assemble_inputs
@@ -76,14 +91,9 @@ def measure_efficiency(student, waveform: torch.Tensor, instruction: str, *, war
     student.eval()
     for _ in range(warmup_runs):
         _one_run(student, waveform, instruction)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        memory_kind = "GPU max allocated"
-    else:
-        memory_kind = "CPU peak RSS" if _reset_cpu_peak() else "CPU peak RSS since start"
+    memory_kind = reset_peak_memory(device)
     runs = [_one_run(student, waveform, instruction) for _ in range(timed_runs)]
-    peak = (torch.cuda.max_memory_allocated(device) / 1024**3 if device.type == "cuda"
-            else _cpu_peak_gb())
+    peak = peak_memory_gb(device)
     ttft = [r[0] for r in runs]
     tpot = [r[1] for r in runs]
     latency = [a + b for a, b in runs]

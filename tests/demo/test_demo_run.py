@@ -1,0 +1,108 @@
+"""``distill demo`` end to end at the smoke size, its resume, and its choices and refusals."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distill.config import load_recipe
+from distill.demo.run import DemoError, DemoLayout, _start_over_if_resized, choose_teacher
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "recipes" / "demo.yaml"
+DISTILL = Path(sys.executable).parent / "distill"
+# The smoke size: 6 + 6 training clips, 3 + 3 test clips; speech_test is also the valid set.
+CACHED_SAMPLES = 6 + 6 + 3
+
+
+def run_distill(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([str(DISTILL), *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=1200, check=False)
+
+
+def check_finished_demo(workdir: Path, result: subprocess.CompletedProcess, backend: str) -> None:
+    assert result.returncode == 0, result.stderr[-4000:]
+    demo = workdir / "runs" / "demo"
+    summary = json.loads((demo / "demo_summary.json").read_text())
+    assert summary["teacher_backend"] == backend and summary["size"] == "smoke"
+    for name in ("report.md", "report.json", "report.png"):
+        assert (demo / "eval" / name).stat().st_size > 0
+    report = json.loads((demo / "eval" / "report.json").read_text())
+    assert [s["samples"] for s in report["sets"]] == [3, 3]
+    assert report["efficiency"]["timed_runs"] == 2
+    log = [json.loads(line) for line in (demo / "student" / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2, 3, 4]
+    assert all(row["kd"] > 0 for row in log)  # the teacher's targets were used
+    verify = run_distill(workdir, "cache", "verify", "runs/demo/teacher_cache")
+    assert verify.returncode == 0 and f"ok: {CACHED_SAMPLES} samples" in verify.stdout
+    # The closing summary says where everything went and what to run next.
+    assert "distill demo: done" in result.stdout
+    for path in ("runs/demo/data", "runs/demo/teacher_cache", "runs/demo/eval/report.md"):
+        assert path in result.stdout
+    assert "distill train-student recipes/salmonn_1b.yaml" in result.stdout
+
+
+@pytest.mark.slow
+def test_smoke_demo_runs_every_stage_and_resumes(tmp_path):
+    first = run_distill(tmp_path, "demo", "--recipe", str(DEMO), "--size", "smoke",
+                        "--teacher", "transformers")
+    check_finished_demo(tmp_path, first, "transformers")
+    assert "teacher: the transformers backend" in first.stderr
+    hypotheses = (tmp_path / "runs/demo/eval/hypotheses/demo_speech_test.jsonl").read_text()
+
+    again = run_distill(tmp_path, "demo", "--recipe", str(DEMO), "--size", "smoke",
+                        "--teacher", "transformers")
+    check_finished_demo(tmp_path, again, "transformers")
+    assert "reusing runs/demo/data" in again.stderr
+    assert "reusing the models already there" in again.stderr
+    assert f"{CACHED_SAMPLES} already cached, 0 written" in again.stderr
+    assert "resumed at step 4" in again.stdout
+    # Same checkpoint, greedy decoding: the evaluation gives the same answers again.
+    assert (tmp_path / "runs/demo/eval/hypotheses/demo_speech_test.jsonl").read_text() == hypotheses
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_smoke_demo_with_the_vllm_teacher(tmp_path):
+    result = run_distill(tmp_path, "demo", "--recipe", str(DEMO), "--size", "smoke",
+                         "--teacher", "vllm")
+    check_finished_demo(tmp_path, result, "vllm_server")
+    assert "teacher: a vLLM server" in result.stderr
+
+
+def test_auto_teacher_is_vllm_only_when_its_python_is_there(tmp_path):
+    recipe = load_recipe(DEMO)
+    recipe.teacher.server.python = str(tmp_path / "no-such-venv" / "bin" / "python")
+    line = choose_teacher(recipe, "auto")
+    assert recipe.teacher.backend == "transformers" and "transformers backend" in line
+    recipe.teacher.server.python = sys.executable  # an interpreter that exists
+    line = choose_teacher(recipe, "auto")
+    assert recipe.teacher.backend == "vllm_server" and sys.executable in line
+    choose_teacher(recipe, "transformers")
+    assert recipe.teacher.backend == "transformers"
+
+
+def test_a_recipe_with_other_manifests_is_refused(tmp_path):
+    recipe = load_recipe(DEMO)
+    recipe.data.train[0].path = "elsewhere/librispeech_train.jsonl"
+    with pytest.raises(DemoError, match="librispeech_train.jsonl"):
+        DemoLayout.from_recipe(recipe, DEMO)
+
+
+def test_another_size_starts_over_and_the_same_size_keeps_everything(tmp_path):
+    layout = DemoLayout(tmp_path, *(tmp_path / name for name in ("data", "cache", "student", "eval")))
+    for folder in (layout.data, layout.teacher_cache, layout.student, layout.eval):
+        folder.mkdir()
+        (folder / "file").write_text("x")
+    _start_over_if_resized(layout, "smoke", fresh=False)  # no state yet: treated as another size
+    assert not layout.data.exists()
+    layout.data.mkdir()
+    _start_over_if_resized(layout, "smoke", fresh=False)
+    assert layout.data.exists()
+    _start_over_if_resized(layout, "standard", fresh=False)
+    assert not layout.data.exists()
+    assert json.loads((tmp_path / "demo_state.json").read_text()) == {"size": "standard"}
