@@ -184,11 +184,8 @@ class Responder:
         yield from self._stream(batch, overrides)
 
     def _stream(self, batch: dict, overrides: dict) -> Iterator[str]:
-        from transformers import TextIteratorStreamer
-
         student = self.student
-        streamer = TextIteratorStreamer(student.tokenizer, skip_prompt=True,
-                                        skip_special_tokens=True, timeout=600)
+        streamer = _TokenStreamer(student.tokenizer)
         failure: list[BaseException] = []
 
         def run() -> None:
@@ -196,15 +193,49 @@ class Responder:
                 student.generate(batch, streamer=streamer, **overrides)
             except BaseException as err:  # re-raised in the caller's thread below
                 failure.append(err)
+            finally:
                 streamer.end()
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
         text = ""
-        for piece in streamer:
-            text += piece
+        for text in streamer:
             yield text
         worker.join()
         if failure:
             raise failure[0]
         yield text
+
+
+class _TokenStreamer:
+    """transformers' streamer protocol (``put``/``end``), one update per generated token.
+
+    transformers' TextIteratorStreamer waits for whole words; a page that shows decoding should
+    show every token. The text is re-decoded from all ids so far (a token may finish a
+    character another one began), and held back while it ends in a half character.
+    """
+
+    def __init__(self, tokenizer, timeout_s: float = 600):
+        import queue
+
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.updates: queue.Queue[str | None] = queue.Queue()
+        self.timeout_s = timeout_s
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate() first hands over the prompt (empty here)
+            self._prompt_seen = True
+            return
+        self.ids.extend(int(i) for i in value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):
+            self.updates.put(text)
+
+    def end(self) -> None:
+        self.updates.put(None)
+
+    def __iter__(self) -> Iterator[str]:
+        while (text := self.updates.get(timeout=self.timeout_s)) is not None:
+            yield text

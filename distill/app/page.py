@@ -52,8 +52,8 @@ def build_page(responder: Responder) -> gr.Blocks:
                 instruction = gr.Textbox(value=responder.instruction_for("Transcribe"),
                                          label="Instruction", lines=2, elem_id="instruction")
                 with gr.Accordion("Decoding", open=False):
-                    beams = gr.Slider(1, 5, value=1, step=1, label="Beams (1 = greedy, streamed)",
-                                      elem_id="beams")
+                    beams = gr.Slider(1, 5, value=1, step=1, elem_id="beams",
+                                      label="Beams (1 = greedy, streamed token by token)")
                     max_new = gr.Slider(1, 256, value=64, step=1, label="Max new tokens",
                                         elem_id="max-new-tokens")
                     penalty = gr.Slider(1.0, 2.0, value=1.0, step=0.05,

@@ -108,8 +108,11 @@ def _stage(number: int, name: str, what: str) -> float:
 
 
 def _start_over_if_resized(layout: DemoLayout, size: str, fresh: bool) -> None:
-    """A run of another size (or --fresh) is removed: its teacher cache and checkpoints
-    belong to other data. Models are kept (they do not depend on the size)."""
+    """Training and evaluation of another size (or everything, with --fresh) are removed.
+
+    The data folder rebuilds itself at a new size, and the teacher cache stays valid: a clip id
+    names the same sentence or sound at every size, so its soft targets are still right.
+    """
     state_path = layout.root / STATE_FILE
     previous = None
     if state_path.is_file():
@@ -117,8 +120,9 @@ def _start_over_if_resized(layout: DemoLayout, size: str, fresh: bool) -> None:
             previous = json.loads(state_path.read_text()).get("size")
         except ValueError:
             previous = "unreadable"
-    stale = [p for p in (layout.data, layout.teacher_cache, layout.student, layout.eval)
-             if p.exists()]
+    doomed = ((layout.data, layout.teacher_cache, layout.student, layout.eval) if fresh
+              else (layout.student, layout.eval))
+    stale = [p for p in doomed if p.exists()]
     if stale and (fresh or previous != size):
         if fresh:
             why = "--fresh"
@@ -130,7 +134,9 @@ def _start_over_if_resized(layout: DemoLayout, size: str, fresh: bool) -> None:
         for path in stale:
             shutil.rmtree(path)
     layout.root.mkdir(parents=True, exist_ok=True)
-    state_path.write_text(json.dumps({"size": size}) + "\n")
+    staging = state_path.with_name(f".{STATE_FILE}.tmp")
+    staging.write_text(json.dumps({"size": size}) + "\n")
+    staging.replace(state_path)
 
 
 def choose_teacher(recipe: Recipe, teacher: str) -> str:

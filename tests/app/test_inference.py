@@ -45,6 +45,9 @@ def test_greedy_answer_streams_and_equals_a_direct_generate(responder, student, 
     *partial, final = updates
     assert final.done and final.text == expected
     assert all(expected.startswith(update.text) for update in partial)
+    # Streamed token by token: one update per generated token that adds text, in order.
+    texts = [update.text for update in partial]
+    assert len(set(texts)) >= min(steps - 1, 3) and texts == sorted(texts, key=len)
     timing = final.timings
     assert timing.tokens == steps
     assert timing.ttft_s > 0 and timing.peak_memory_gb > 0

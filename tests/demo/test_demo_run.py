@@ -93,16 +93,18 @@ def test_a_recipe_with_other_manifests_is_refused(tmp_path):
         DemoLayout.from_recipe(recipe, DEMO)
 
 
-def test_another_size_starts_over_and_the_same_size_keeps_everything(tmp_path):
+def test_another_size_restarts_training_and_fresh_restarts_everything(tmp_path):
     layout = DemoLayout(tmp_path, *(tmp_path / name for name in ("data", "cache", "student", "eval")))
-    for folder in (layout.data, layout.teacher_cache, layout.student, layout.eval):
+    folders = (layout.data, layout.teacher_cache, layout.student, layout.eval)
+    for folder in folders:
         folder.mkdir()
-        (folder / "file").write_text("x")
-    _start_over_if_resized(layout, "smoke", fresh=False)  # no state yet: treated as another size
-    assert not layout.data.exists()
-    layout.data.mkdir()
-    _start_over_if_resized(layout, "smoke", fresh=False)
-    assert layout.data.exists()
+    _start_over_if_resized(layout, "smoke", fresh=False)  # no record yet: treated as another size
+    assert [f.exists() for f in folders] == [True, True, False, False]
+    layout.student.mkdir()
+    _start_over_if_resized(layout, "smoke", fresh=False)  # same size: everything kept
+    assert layout.student.exists()
     _start_over_if_resized(layout, "standard", fresh=False)
-    assert not layout.data.exists()
+    assert [f.exists() for f in folders] == [True, True, False, False]
     assert json.loads((tmp_path / "demo_state.json").read_text()) == {"size": "standard"}
+    _start_over_if_resized(layout, "standard", fresh=True)
+    assert not any(f.exists() for f in folders)
