@@ -104,7 +104,7 @@ Builds a small data set offline (sentences spoken by eSpeak NG, synthetic sound 
 captions), makes tiny random Whisper and BEATs encoders, has SmolLM2-135M-Instruct fill the
 teacher cache (a vLLM server when the vLLM venv is built, else the transformers backend), trains
 the SALMONN student (4-bit SmolLM2 + LoRA) with the real trainer, and evaluates it: WER, caption
-metrics, TTFT / TPOT / memory, with the report and its plot. About 10 minutes on 2 CPU cores.
+metrics, TTFT / TPOT / memory, with the report and its plot. 7 to 8 minutes on 2 CPU cores.
 
 Every stage resumes: rerun after an interruption and finished work is reused. The encoders are
 random (no model hub), so the numbers show the pipeline working, not a good model."""
