@@ -76,9 +76,9 @@ def page(browser, app_url):
 
 def upload(tab, path: Path) -> None:
     tab.set_input_files("#audio input[type=file]", str(path))
-    tab.wait_for_function(
-        "() => !document.querySelector('#audio input[type=file]') || "
-        "document.querySelector('#audio audio, #audio .waveform-container, #audio button')")
+    # The file input goes at once; the player's <audio> appears only when the upload has
+    # reached the server. Submitting before that would send no audio.
+    tab.wait_for_selector("#audio audio", state="attached")
 
 
 def submit_and_wait(tab, expect: str, timeout_ms: int = 120_000) -> str:
