@@ -268,7 +268,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "distill evaluate recipes/salmonn_1b.yaml --checkpoint runs/salmonn_1b/student/best",
         "Generates over every eval set of the recipe with its decoding settings, then writes\n"
         "report.json, report.md, report.png, hypotheses/<set>.jsonl and submissions/<set>.csv\n"
-        "to eval.output_dir. Efficiency follows REFERENCE.md §3 (batch 1, a fixed 10 s clip,\n"
+        "to eval.output_dir. Efficiency follows docs/reference.md §3 (batch 1, a fixed 10 s clip,\n"
         "warm-up then timed runs, synchronised; median and p90).",
     )
     _recipe_arg(parser)

@@ -21,8 +21,6 @@ NonNegFloat = Annotated[float, Field(ge=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 Dtype = Literal["bfloat16", "float16", "float32"]
 
-TASK_NAMES = ("asr", "audiocaption", "audiocaption_v2", "qa", "gender", "phone", "music")
-
 
 class Strict(BaseModel):
     """Base of every recipe section: unknown keys are errors, values are validated on assignment."""
@@ -39,7 +37,7 @@ def _ordered_range(value: tuple[float, float], name: str) -> tuple[float, float]
 
 # --------------------------------------------------------------------------------------- model
 class WhisperEncoderConfig(Strict):
-    """Speech encoder: the encoder half of a Whisper checkpoint (REFERENCE.md §1)."""
+    """Speech encoder: the encoder half of a Whisper checkpoint (docs/reference.md §1)."""
 
     name_or_path: str = "openai/whisper-large-v3-turbo"
     num_mel_bins: Literal[80, 128] = 128
@@ -239,7 +237,7 @@ class TeacherConfig(Strict):
 
 # ---------------------------------------------------------------------------------------- data
 class ManifestSpec(Strict):
-    """One JSONL manifest (DESIGN.md contract 1) and how often to draw from it."""
+    """One JSONL manifest (docs/architecture.md, manifest record) and how often to draw from it."""
 
     path: str
     weight: PositiveFloat = 1.0
@@ -284,7 +282,7 @@ class AugmentConfig(Strict):
 
 
 class AudioConfig(Strict):
-    """Decoding rules shared by training, evaluation and the app (REFERENCE.md §1)."""
+    """Decoding rules shared by training, evaluation and the app (docs/reference.md §1)."""
 
     sample_rate: PositiveInt = 16000
     min_seconds: NonNegFloat = 1.0
@@ -319,7 +317,7 @@ class WeightScheduleConfig(Strict):
 
 
 class LossConfig(Strict):
-    """CE on the reference plus KD to the cached teacher (DESIGN.md contract 4)."""
+    """CE on the reference plus KD to the cached teacher (docs/architecture.md, loss API)."""
 
     ce_weight: NonNegFloat = 1.0
     kd_weight: NonNegFloat = 1.0
@@ -389,8 +387,6 @@ class TrainConfig(Strict):
 
 
 # ---------------------------------------------------------------------------------------- eval
-METRIC_NAMES = ("wer", "cer", "cider_d", "bleu_4", "rouge_l", "meteor", "spice", "spider")
-
 
 class EvalSetConfig(Strict):
     name: str
@@ -401,7 +397,7 @@ class EvalSetConfig(Strict):
 
 
 class DecodingConfig(Strict):
-    """Generation settings of the reference evaluation (REFERENCE.md §1)."""
+    """Generation settings of the reference evaluation (docs/reference.md §1)."""
 
     num_beams: PositiveInt = 4
     max_new_tokens: PositiveInt = 200
@@ -413,7 +409,7 @@ class DecodingConfig(Strict):
 
 
 class EfficiencyConfig(Strict):
-    """REFERENCE.md §3: batch 1, a fixed 10 s clip, ASR prompt, 10 warm-ups, 100 timed runs."""
+    """docs/reference.md §3: batch 1, a fixed 10 s clip, ASR prompt, 10 warm-ups, 100 timed runs."""
 
     enabled: bool = True
     clip_seconds: PositiveFloat = 10.0

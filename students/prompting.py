@@ -1,4 +1,4 @@
-"""The prompt, where the audio goes in it, and which positions carry loss (REFERENCE.md §1).
+"""The prompt, where the audio goes in it, and which positions carry loss (docs/reference.md §1).
 
 Sequence of one sample: ``BOS + ids(text before <SpeechHere>) + audio embeddings + ids(text
 after) [+ target ids, ending with the end id]``. Only the target (end id included) carries

@@ -1,4 +1,4 @@
-"""Window-level Q-Former: a fixed number of audio tokens per clip (REFERENCE.md §1).
+"""Window-level Q-Former: a fixed number of audio tokens per clip (docs/reference.md §1).
 
 Why windows: one query per 17-frame window (0.34 s) gives exactly 88 tokens for the 1500 frames of
 a 30 s Whisper input, whatever the clip's length; the LLM sequence length is thus fixed. Built on

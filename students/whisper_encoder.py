@@ -1,4 +1,4 @@
-"""The Whisper speech encoder and its features (REFERENCE.md §1).
+"""The Whisper speech encoder and its features (docs/reference.md §1).
 
 Why only the encoder class: loading the whole ``WhisperModel`` would also materialise the decoder
 we never use. ``WhisperEncoder.from_pretrained`` with a key mapping reads just the encoder weights

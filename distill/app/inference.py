@@ -4,7 +4,7 @@ Kept apart from the page (``page.py``) so it is tested without a browser, and so
 shows what this module says. Every problem with a request is an ``InputProblem`` whose message
 is written for the person at the page; nothing here raises a traceback at them.
 
-Timing follows REFERENCE.md §3 for one live request: TTFT runs from the moment the audio is
+Timing follows docs/reference.md §3 for one live request: TTFT runs from the moment the audio is
 handed over (decoding, features, encoders, prompt assembly, prefill) to the first token's
 logits; TPOT is the mean time of each later decode step. Both are read by a logits processor
 that notes the time of every decoding step, so they are the same for greedy and beam search.

@@ -1,9 +1,9 @@
-"""Decode one audio file into the waveform every encoder expects (REFERENCE.md §1).
+"""Decode one audio file into the waveform every encoder expects (docs/reference.md §1).
 
 Rules, shared by training, evaluation and the app: mono (the first channel, as upstream SALMONN
 does, rather than a downmix), 16 kHz, padded with zeros to at least 1 s, cut at 30 s. Decoding goes
 through soundfile only: ``torchaudio.load`` needs torchcodec, which does not run on our machines
-(REFERENCE.md §5).
+(docs/reference.md §5).
 
 Why so many checks: a corpus of a million clips always holds a few broken files, and a broken file
 must fail *here*, with its name, not as a NaN loss or a silent half-clip thousands of steps later.

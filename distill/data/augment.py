@@ -1,6 +1,6 @@
 """Training-time audio augmentation: additive noise and gain, reproducible per sample and epoch.
 
-Upstream (REFERENCE.md §1) adds Gaussian noise of a random amplitude and a random gain, each with
+Upstream (docs/reference.md §1) adds Gaussian noise of a random amplitude and a random gain, each with
 probability 0.3. We keep that as ``mode: amplitude`` and add ``mode: snr``, where the noise level
 follows the signal (a fixed amplitude is inaudible on loud speech and drowns quiet speech), with
 Gaussian noise or real noise clips from ``noise_dir``.

@@ -1,4 +1,4 @@
-"""The manifest: one JSON object per line describing one training or test sample (DESIGN.md §1).
+"""The manifest: one JSON object per line describing one training or test sample (docs/architecture.md).
 
 Every later stage (teacher, cache, student, evaluation) joins on the record ``id`` and opens the
 ``audio`` path, so a bad record must fail here, before any work, with the manifest's name and the

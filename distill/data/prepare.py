@@ -1,4 +1,4 @@
-"""``distill prepare-data``: turn a corpus on disk into a JSONL manifest (DESIGN.md §1).
+"""``distill prepare-data``: turn a corpus on disk into a JSONL manifest (docs/architecture.md).
 
 One sub-command per layout (``prepare-data librispeech ROOT -o OUT.jsonl``), so each format has
 its own options and its own ``--help``. Only the standard library is imported at module level:

@@ -1,4 +1,4 @@
-"""Efficiency by the protocol of REFERENCE.md §3, synchronised (upstream did not synchronise).
+"""Efficiency by the protocol of docs/reference.md §3, synchronised (upstream did not synchronise).
 
 Batch 1, one fixed clip, the ASR prompt, ``warmup_runs`` untimed then ``timed_runs`` timed:
   TTFT    = features + audio encoding + prompt assembly + one prefill forward (to the first

@@ -1,6 +1,6 @@
 """Whisper's English text normaliser, with the spelling map transformers does not ship.
 
-Why: the evaluation protocol (REFERENCE.md §3) runs both hypothesis and reference through
+Why: the evaluation protocol (docs/reference.md §3) runs both hypothesis and reference through
 Whisper's ``EnglishTextNormalizer`` before WER. transformers ships the class but not its
 British-to-American spelling map (``english.json``); the ``whisper-normalizer`` package carries
 that map, so we hand it to transformers' class. Without the map, "colour" vs "color" would count

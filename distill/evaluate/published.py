@@ -1,4 +1,4 @@
-"""Published results and device targets we compare against (REFERENCE.md §3).
+"""Published results and device targets we compare against (docs/reference.md §3).
 
 Their latency and memory were measured on their GPU: compare ours only when measured on the same
 kind of GPU. Which CIDEr-D variant produced their AAC numbers is unknown (see captions.py).

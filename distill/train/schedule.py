@@ -1,6 +1,6 @@
 """Learning-rate schedule of the reference system: linear warm-up from a small lr, then cosine.
 
-REFERENCE.md §1: warm-up 3000 steps from 1e-6 to 3e-5, then cosine from 3e-5 down to 1e-5.
+docs/reference.md §1: warm-up 3000 steps from 1e-6 to 3e-5, then cosine from 3e-5 down to 1e-5.
 A plain function of the step (no hidden state) so a resumed run gets exactly the same lr.
 """
 

@@ -24,14 +24,6 @@ from teachers.backends.base import (
 )
 
 
-def vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means "not here"
-        return False
-    return True
-
-
 class VLLMOfflineBackend(TeacherBackend):
     name = "vllm_offline"
 

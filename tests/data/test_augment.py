@@ -92,7 +92,7 @@ def test_amplitude_mode_adds_gaussian_noise_of_the_drawn_std(amplitude, sample_i
 
 
 def test_default_config_is_the_upstream_recipe():
-    """REFERENCE.md §1: Gaussian amplitude 0.001-0.015 and gain -12..+12 dB, each with p=0.3."""
+    """docs/reference.md §1: Gaussian amplitude 0.001-0.015 and gain -12..+12 dB, each with p=0.3."""
     cfg = AugmentConfig()
     assert (cfg.noise.mode, cfg.noise.p, cfg.noise.amplitude) == ("amplitude", 0.3, (0.001, 0.015))
     assert (cfg.gain.p, cfg.gain.db) == (0.3, (-12.0, 12.0))

@@ -1,4 +1,4 @@
-"""Importers: corpora in their standard on-disk layouts -> manifest records (DESIGN.md §1).
+"""Importers: corpora in their standard on-disk layouts -> manifest records (docs/architecture.md).
 
 Each importer is a generator of record dicts, so ``write_manifest`` can stream a corpus of
 millions of clips to disk without holding it. All take the corpus location (a folder, or for
