@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 from distill import __version__
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+from distill.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, DistillError
 
 OVERVIEW = """\
 distill: knowledge distillation for small, fast SALMONN-class audio language models.
@@ -302,8 +301,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; a user error becomes one ``error:`` line and its exit code.
+
+    Handlers may still catch what they can say better; whatever :class:`DistillError` escapes
+    them (or a missing or unreadable path, ``OSError``) is caught here, so no user error reaches
+    the user as a traceback. Anything else is a bug and keeps its traceback.
+    """
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except DistillError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("\ninterrupted: rerun the same command to continue where it stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

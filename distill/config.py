@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from distill.errors import DistillError
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -453,7 +455,7 @@ class Recipe(Strict):
 
 
 # ----------------------------------------------------------------------------------- loading
-class RecipeError(ValueError):
+class RecipeError(DistillError, ValueError):
     """A recipe that cannot be used; the message names file, line, key path and expectation."""
 
 

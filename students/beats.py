@@ -19,12 +19,14 @@ import torch.nn.functional as F
 import torchaudio.compliance.kaldi as kaldi
 from torch import nn
 
+from distill.errors import DistillError
+
 FBANK_MEAN = 15.41663
 FBANK_STD = 6.55582
 SAMPLE_RATE = 16000
 
 
-class BeatsCheckpointError(ValueError):
+class BeatsCheckpointError(DistillError, ValueError):
     """A file that is not an official-format BEATs checkpoint; the message names the file."""
 
 

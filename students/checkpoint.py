@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from distill.config import ModelConfig
+from distill.errors import DistillError
 from students.moe.layer import moe_layers
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ WEIGHTS_FILE = "trainable.safetensors"
 ADAPTER_DIR = "adapter"
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(DistillError, ValueError):
     """A checkpoint that does not fit the student it is loaded into; says what differs."""
 
 

@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+from distill.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 
 SERVE_HELP = """\
 Start a vLLM server for the recipe's teacher and keep it running.

@@ -15,10 +15,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from distill.errors import DistillError
+
 SPECIAL_NAMES = ("bos", "eos", "pad", "unk")
 
 
-class TokenizerMismatch(ValueError):
+class TokenizerMismatch(DistillError, ValueError):
     """Teacher and student tokenizers disagree on ids the cache would carry across."""
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distill.errors import DistillError
 from teachers.backends.base import (
     GenerationSettings,
     TeacherBackend,
@@ -110,7 +111,7 @@ def collect_records(recipe, limit: int | None = None) -> list[dict]:
     return records
 
 
-class TeacherModelError(ValueError):
+class TeacherModelError(DistillError, ValueError):
     """The teacher model named by the recipe cannot be read (config, tokenizer)."""
 
 

@@ -21,11 +21,13 @@ import string
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from distill.errors import DistillError
+
 FIELDS = ("text", "question", "context")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
-class PromptError(ValueError):
+class PromptError(DistillError, ValueError):
     """A task without a teacher prompt, or a template with an unknown field."""
 
 

@@ -21,10 +21,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from distill.errors import DistillFailure
+
 ENTRYPOINT = "vllm.entrypoints.openai.api_server"
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(DistillFailure, RuntimeError):
     """The vLLM server did not come up (it exited, or never answered /health in time)."""
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from distill.errors import DistillError
+
 MAX_SECONDS = 30.0
 PRESETS = {
     "Transcribe": ("asr", "Recognize the speech and give me the transcription."),
@@ -37,7 +39,7 @@ AUDIO_PROBLEMS = {  # AudioError.reason -> what the person at the page is told
 }
 
 
-class InputProblem(ValueError):
+class InputProblem(DistillError, ValueError):
     """A request the app cannot answer; the message is shown on the page as it is."""
 
 

@@ -26,6 +26,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from distill.errors import DistillError
+
 if TYPE_CHECKING:
     from distill.config import AudioConfig
 
@@ -34,7 +36,7 @@ logger = logging.getLogger(__name__)
 _READ_BLOCK_FRAMES = 1 << 16
 
 
-class AudioError(ValueError):
+class AudioError(DistillError, ValueError):
     """A file that cannot give a usable waveform; the message names the file and the reason.
 
     ``reason`` is a short key (``empty``, ``non_finite``, ``undecodable``, ``truncated``,

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distill.errors import DistillError
+
 if TYPE_CHECKING:
     import datasets
 
@@ -41,7 +43,7 @@ _STRING_FIELDS = ("id", "audio", "task", "text", "question", "instruction", "sou
 _NON_EMPTY_FIELDS = ("id", "audio", "task")
 
 
-class ManifestError(ValueError):
+class ManifestError(DistillError, ValueError):
     """A manifest (or corpus file) problem, located as ``path:line:`` so editors can jump there.
 
     ``line`` is a 1-based line number, another location such as ``"data[12]"``, or None when the

@@ -17,8 +17,7 @@ from pathlib import Path
 from distill.data.importers import IMPORTERS
 from distill.data.importers.audiocaps import DEFAULT_NAME_PATTERNS
 from distill.data.manifest import ManifestError, ManifestSummary, validate_manifest, write_manifest
-
-EXIT_OK, EXIT_BAD_INPUT = 0, 2
+from distill.errors import EXIT_BAD_INPUT, EXIT_OK
 
 DESCRIPTION = """\
 Turn a corpus, in the layout it is distributed in, into a manifest: a JSONL file with one

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from distill.config import Recipe
 from distill.demo.dataset import DemoSizes
+from distill.errors import DistillFailure
 
 SIZES = {
     "standard": DemoSizes(),
@@ -41,7 +42,7 @@ next, the real recipes (see README.md, "The pipeline, command by command"):
   distill evaluate recipes/salmonn_1b.yaml --checkpoint runs/salmonn_1b/student/best"""
 
 
-class DemoError(RuntimeError):
+class DemoError(DistillFailure, RuntimeError):
     """A demo stage could not run; the message names the stage and what to do."""
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from distill.errors import DistillFailure
+
 # From speak_lib.h: espeak_AUDIO_OUTPUT, espeak_PARAMETER and espeak_ERROR values.
 _AUDIO_OUTPUT_SYNCHRONOUS = 0x0002
 _PARAM_RATE, _PARAM_PITCH = 1, 3
@@ -32,7 +34,7 @@ _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctype
                              ctypes.c_void_p)
 
 
-class SpeechError(RuntimeError):
+class SpeechError(DistillFailure, RuntimeError):
     """eSpeak NG could not be loaded or refused a request; the message says which and why."""
 
 

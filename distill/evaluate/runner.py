@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from distill.config import Recipe
+from distill.errors import DistillError
 from distill.evaluate.asr import character_error_rate, error_rates_by_group, word_error_rate
 from distill.evaluate.captions import caption_scores
 from distill.evaluate.efficiency import measure_efficiency
@@ -25,7 +26,7 @@ from distill.evaluate.report import (
 )
 
 
-class EvaluationError(ValueError):
+class EvaluationError(DistillError, ValueError):
     """A checkpoint, manifest or recipe that cannot be evaluated, with what to fix."""
 
 

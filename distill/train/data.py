@@ -24,10 +24,11 @@ from torch.utils.data import Dataset, Sampler
 from distill.config import Recipe
 from distill.data.audio import AudioLoader
 from distill.data.augment import Augmenter
+from distill.errors import DistillError
 from distill.train.sampling import WeightedEpochSampler
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(DistillError, ValueError):
     """A sample that cannot be trained on, named by id, with what was expected."""
 
 

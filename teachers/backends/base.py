@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from distill.errors import DistillFailure
 
-class TeacherUnavailable(RuntimeError):
+
+class TeacherUnavailable(DistillFailure, RuntimeError):
     """The teacher cannot be reached at all (after retries): the job must stop, not skip."""
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from distill.errors import DistillError
 from teachers.backends.base import (
     GenerationSettings,
     TeacherBackend,
@@ -36,7 +37,7 @@ from teachers.backends.http import AsyncHTTPClient, HTTPConnectionError, HTTPSta
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
-class RequestRejected(ValueError):
+class RequestRejected(DistillError, ValueError):
     """The server refused this request (4xx): a problem of the sample, not of the server."""
 
 

@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from distill.errors import DistillError
+
 FORMAT_NAME = "distill-teacher-cache"
 FORMAT_VERSION = 1
 RECORD_MAGIC = b"DTC1"
@@ -27,7 +29,7 @@ LOGPROB_BITS = 12
 LOGPROB_FLOOR = -40.0
 
 
-class CacheFormatError(ValueError):
+class CacheFormatError(DistillError, ValueError):
     """Bytes that do not decode as a record of this format (corruption or a foreign file)."""
 
 

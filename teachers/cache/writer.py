@@ -19,6 +19,7 @@ import time
 import zlib
 from pathlib import Path
 
+from distill.errors import DistillError
 from teachers.cache.format import CachedSample, CacheMeta, encode_record
 
 META_NAME = "meta.json"
@@ -27,7 +28,7 @@ DATA_SUFFIX = ".bin"
 TEMP_PREFIX = ".tmp-"
 
 
-class CacheMetaMismatch(ValueError):
+class CacheMetaMismatch(DistillError, ValueError):
     """The folder holds a cache made with other settings: mixing would corrupt the targets."""
 
 
