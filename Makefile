@@ -10,7 +10,7 @@ test:
 	@bash scripts/run-tests.sh
 
 lint:
-	@venv=$$(bash scripts/ensure-venv.sh) && $$venv/bin/ruff check .
+	@venv=$$(bash scripts/ensure-venv.sh) && $$venv/bin/ruff check . && PYTHONPATH=$(CURDIR) $$venv/bin/lint-imports --no-cache
 
 bench-losses:
 	@venv=$$(bash scripts/ensure-venv.sh) && $$venv/bin/python benchmarks/bench_losses.py

@@ -282,8 +282,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 # ------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
+    from distill import teacher_cli
     from distill.data import prepare
-    from teachers import cli as teacher_cli
 
     parser = argparse.ArgumentParser(
         prog="distill", description=OVERVIEW, formatter_class=argparse.RawDescriptionHelpFormatter

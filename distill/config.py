@@ -12,230 +12,53 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from distill.data.config import (
+    AudioConfig,
+    AugmentConfig,
+    GainAugmentConfig,
+    NoiseAugmentConfig,
+)
 from distill.errors import DistillError
+from distill.schema import (
+    NonNegFloat,
+    NonNegInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Strict,
+)
+from students.config import (
+    ALL_LLAMA_PROJECTIONS,
+    DEFAULT_INSTRUCTIONS,
+    BeatsEncoderConfig,
+    DecodingConfig,
+    LLMConfig,
+    LoraConfig,
+    ModelConfig,
+    MoEConfig,
+    PromptConfig,
+    QFormerConfig,
+    QuantizationConfig,
+    WhisperEncoderConfig,
+)
+from teachers.config import (
+    DEFAULT_TEACHER_PROMPTS,
+    TeacherConfig,
+    TeacherPromptConfig,
+    TeacherServerConfig,
+)
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
-Probability = Annotated[float, Field(ge=0, le=1)]
-Dtype = Literal["bfloat16", "float16", "float32"]
-
-
-class Strict(BaseModel):
-    """Base of every recipe section: unknown keys are errors, values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def _ordered_range(value: tuple[float, float], name: str) -> tuple[float, float]:
-    low, high = value
-    if low > high:
-        raise ValueError(f"{name} range must be [low, high] with low <= high, got [{low}, {high}]")
-    return value
-
-
-# --------------------------------------------------------------------------------------- model
-class WhisperEncoderConfig(Strict):
-    """Speech encoder: the encoder half of a Whisper checkpoint (docs/reference.md §1)."""
-
-    name_or_path: str = "openai/whisper-large-v3-turbo"
-    num_mel_bins: Literal[80, 128] = 128
-    # Upstream keeps Whisper in fp32 under autocast; we keep it in the compute dtype by default.
-    dtype: Literal["compute", "float32"] = "compute"
-    freeze: bool = True
-
-
-class BeatsEncoderConfig(Strict):
-    """Audio-event encoder (our BEATs implementation, loading the official pickled checkpoint)."""
-
-    enabled: bool = True
-    checkpoint: str | None = "BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt"
-    freeze: bool = True
-    fbank_mean: float = 15.41663
-    fbank_std: float = 6.55582
-
-    @model_validator(mode="after")
-    def _needs_checkpoint(self) -> BeatsEncoderConfig:
-        if self.enabled and not self.checkpoint:
-            raise ValueError("beats.enabled is true but beats.checkpoint is empty")
-        return self
-
-
-class QFormerConfig(Strict):
-    """Window-level Q-Former: one query per 17-frame window gives 88 tokens for 30 s."""
-
-    window_frames: PositiveInt = 17
-    window_stride: PositiveInt = 17
-    queries_per_window: PositiveInt = 1
-    num_layers: PositiveInt = 2
-    hidden_size: PositiveInt = 768
-    num_attention_heads: PositiveInt = 12
-    intermediate_size: PositiveInt = 3072
-    cross_attention_frequency: PositiveInt = 1
-    dropout: Probability = 0.1
-
-    @model_validator(mode="after")
-    def _heads_divide(self) -> QFormerConfig:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by "
-                f"num_attention_heads ({self.num_attention_heads})"
-            )
-        return self
-
-
-class QuantizationConfig(Strict):
-    """bitsandbytes 4-bit loading of the LLM (QLoRA)."""
-
-    load_in_4bit: bool = True
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
-    compute_dtype: Dtype = "bfloat16"
-
-
-ALL_LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-class LoraConfig(Strict):
-    """peft LoRA on the LLM; the reference student adapts all seven projections."""
-
-    enabled: bool = True
-    r: PositiveInt = 8
-    alpha: PositiveFloat = 32
-    dropout: Probability = 0.1
-    target_modules: list[str] = Field(default_factory=lambda: list(ALL_LLAMA_PROJECTIONS), min_length=1)
-
-
-class LLMConfig(Strict):
-    """The student's language model: any causal LM by hub name or local path."""
-
-    name_or_path: str = "meta-llama/Llama-3.2-1B-Instruct"
-    revision: str | None = None
-    gguf_file: str | None = None
-    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
-    gradient_checkpointing: bool = False
-
-
-class MoEConfig(Strict):
-    """LLaMA-MoE: the dense FFNs split into experts by intermediate neurons."""
-
-    enabled: bool = False
-    num_experts: PositiveInt = 8
-    top_k: PositiveInt = 2
-    split: Literal["random", "clustered"] = "random"
-    gate_noise: bool = True
-    balance_weight: NonNegFloat = 0.01
-    split_seed: int = 0
-    # Expert outputs are multiplied by this; None means E/k as in LLaMA-MoE. (With k = E and
-    # equal gates a scale of E reproduces the dense FFN exactly; E/k = 1 gives dense / E.)
-    score_scale: PositiveFloat | None = None
-
-    @model_validator(mode="after")
-    def _top_k_fits(self) -> MoEConfig:
-        if self.top_k > self.num_experts:
-            raise ValueError(f"top_k ({self.top_k}) must be <= num_experts ({self.num_experts})")
-        return self
-
-
-DEFAULT_INSTRUCTIONS = {
-    "asr": ["Recognize the speech and give me the transcription."],
-    "audiocaption": ["Please describe the audio."],
-    "audiocaption_v2": ["Please write down what your hear in the audio."],
-}
-
-
-class PromptConfig(Strict):
-    """The student's prompt; ``<SpeechHere>`` is where the audio embeddings are spliced."""
-
-    template: str = "USER: <Speech><SpeechHere></Speech> {instruction}\nASSISTANT:"
-    max_text_length: PositiveInt = 300
-    instructions: dict[str, list[str]] = Field(default_factory=lambda: dict(DEFAULT_INSTRUCTIONS))
-
-    @model_validator(mode="after")
-    def _has_placeholders(self) -> PromptConfig:
-        for needed in ("<SpeechHere>", "{instruction}"):
-            if needed not in self.template:
-                raise ValueError(f"prompt template must contain {needed!r}")
-        return self
-
-
-class ModelConfig(Strict):
-    whisper: WhisperEncoderConfig = Field(default_factory=WhisperEncoderConfig)
-    beats: BeatsEncoderConfig = Field(default_factory=BeatsEncoderConfig)
-    qformer: QFormerConfig = Field(default_factory=QFormerConfig)
-    llm: LLMConfig = Field(default_factory=LLMConfig)
-    moe: MoEConfig = Field(default_factory=MoEConfig)
-    prompt: PromptConfig = Field(default_factory=PromptConfig)
-    compute_dtype: Dtype = "bfloat16"
-
-
-# ------------------------------------------------------------------------------------- teacher
-class TeacherServerConfig(Strict):
-    """How ``serve-teacher`` starts vLLM (it lives in its own venv: ``python`` is that interpreter;
-    ``auto`` = the venv scripts/ensure-vllm-venv.sh builds once and caches)."""
-
-    python: str = "auto"
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 8000
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    max_model_len: PositiveInt | None = None
-    tensor_parallel_size: PositiveInt = 1
-    extra_args: list[str] = Field(default_factory=list)
-    startup_timeout_s: PositiveFloat = 900
-
-
-class TeacherPromptConfig(Strict):
-    """What the teacher sees for one task: privileged text fills the ``{...}`` fields."""
-
-    system: str | None = None
-    user: str
-
-
-DEFAULT_TEACHER_PROMPTS = {
-    "asr": {"user": "Repeat this transcript exactly.\nTranscript: {text}"},
-    "audiocaption": {"user": "Describe the sound in one sentence. What is heard: {text}"},
-    "audiocaption_v2": {"user": "Describe the sound in one sentence. What is heard: {text}"},
-    "qa": {
-        "user": (
-            "You are listening to an audio clip. What is known about it: {context}\n"
-            "Question: {question}\nThink step by step, then answer briefly."
-        )
-    },
-}
-
-
-class TeacherConfig(Strict):
-    """Text-only teacher that sees each sample's privileged text and caches top-k soft targets."""
-
-    model: str = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
-    revision: str | None = None
-    tokenizer: str | None = None
-    gguf_file: str | None = None
-    backend: Literal["vllm_server", "vllm_offline", "transformers"] = "vllm_server"
-    endpoints: list[str] = Field(default_factory=list)
-    api_key_env: str | None = "DISTILL_TEACHER_API_KEY"
-    server: TeacherServerConfig = Field(default_factory=TeacherServerConfig)
-    mode: Literal["score", "generate"] = "score"
-    top_k: PositiveInt = 20
-    logprob_mode: Literal["raw_logprobs", "processed_logprobs"] = "raw_logprobs"
-    temperature: NonNegFloat = 1.0
-    max_new_tokens: PositiveInt = 512
-    rationale_as_target: bool = False
-    prompts: dict[str, TeacherPromptConfig] = Field(
-        default_factory=lambda: {k: TeacherPromptConfig(**v) for k, v in DEFAULT_TEACHER_PROMPTS.items()}
-    )
-    cache_dir: str = "runs/teacher_cache"
-    shard_size: PositiveInt = 4096
-    max_in_flight: PositiveInt = 32  # requests in flight per endpoint
-    request_timeout_s: PositiveFloat = 300
-    max_retries: NonNegInt = 5
-    allow_tokenizer_mismatch: bool = False
-
+# The sections owned by the parts, re-exported: ``from distill.config import ModelConfig`` works.
+__all__ = [
+    "ALL_LLAMA_PROJECTIONS", "DEFAULT_INSTRUCTIONS", "DEFAULT_TEACHER_PROMPTS", "AudioConfig",
+    "AugmentConfig", "BeatsEncoderConfig", "DecodingConfig", "GainAugmentConfig", "LLMConfig",
+    "LoraConfig", "ModelConfig", "MoEConfig", "NoiseAugmentConfig", "PromptConfig",
+    "QFormerConfig", "QuantizationConfig", "Recipe", "RecipeError", "TeacherConfig",
+    "TeacherPromptConfig", "TeacherServerConfig", "WhisperEncoderConfig", "dump_recipe",
+    "load_recipe",
+]
 
 # ---------------------------------------------------------------------------------------- data
 class ManifestSpec(Strict):
@@ -244,58 +67,6 @@ class ManifestSpec(Strict):
     path: str
     weight: PositiveFloat = 1.0
     tasks: list[str] | None = None
-
-
-class NoiseAugmentConfig(Strict):
-    """Additive noise: a Gaussian amplitude range (upstream) or an SNR range (optionally real noise)."""
-
-    p: Probability = 0.3
-    mode: Literal["amplitude", "snr"] = "amplitude"
-    amplitude: tuple[NonNegFloat, NonNegFloat] = (0.001, 0.015)
-    snr_db: tuple[float, float] = (5.0, 30.0)
-    noise_dir: str | None = None
-
-    @model_validator(mode="after")
-    def _ranges(self) -> NoiseAugmentConfig:
-        _ordered_range(self.amplitude, "amplitude")
-        _ordered_range(self.snr_db, "snr_db")
-        if self.noise_dir is not None and self.mode != "snr":
-            raise ValueError("noise_dir (real noise clips) needs mode: snr")
-        return self
-
-
-class GainAugmentConfig(Strict):
-    p: Probability = 0.3
-    db: tuple[float, float] = (-12.0, 12.0)
-
-    @model_validator(mode="after")
-    def _range(self) -> GainAugmentConfig:
-        _ordered_range(self.db, "db")
-        return self
-
-
-class AugmentConfig(Strict):
-    """Training-time audio augmentation, reproducible per (seed, sample id, epoch)."""
-
-    enabled: bool = True
-    seed: int = 0
-    noise: NoiseAugmentConfig = Field(default_factory=NoiseAugmentConfig)
-    gain: GainAugmentConfig = Field(default_factory=GainAugmentConfig)
-
-
-class AudioConfig(Strict):
-    """Decoding rules shared by training, evaluation and the app (docs/reference.md §1)."""
-
-    sample_rate: PositiveInt = 16000
-    min_seconds: NonNegFloat = 1.0
-    max_seconds: PositiveFloat = 30.0
-    on_error: Literal["raise", "skip"] = "raise"
-
-    @model_validator(mode="after")
-    def _lengths(self) -> AudioConfig:
-        if self.min_seconds > self.max_seconds:
-            raise ValueError(f"min_seconds ({self.min_seconds}) must be <= max_seconds ({self.max_seconds})")
-        return self
 
 
 class DataConfig(Strict):
@@ -396,18 +167,6 @@ class EvalSetConfig(Strict):
     task: str
     metrics: list[Literal["wer", "cer", "cider_d", "bleu_4", "rouge_l", "meteor", "spice", "spider"]]
     instruction: str | None = None
-
-
-class DecodingConfig(Strict):
-    """Generation settings of the reference evaluation (docs/reference.md §1)."""
-
-    num_beams: PositiveInt = 4
-    max_new_tokens: PositiveInt = 200
-    repetition_penalty: PositiveFloat = 1.5
-    length_penalty: float = 1.0
-    do_sample: bool = False
-    temperature: PositiveFloat = 1.0
-    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
 
 
 class EfficiencyConfig(Strict):

@@ -9,6 +9,8 @@ export DISTILL_CHROMIUM="$chromium"
 # The venv is shared by every clone; this clone's code comes first for us and our subprocesses.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$venv/bin/ruff" check . || exit 1
+# The import layers of docs/architecture.md (contracts in pyproject.toml).
+"$venv/bin/lint-imports" --no-cache || exit 1
 "$venv/bin/python" -m pytest "$@"
 status=$?
 if [ "$status" -eq 5 ]; then

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from distill.config import ModelConfig
 from distill.errors import DistillError
+from students.config import ModelConfig
 from students.moe.layer import moe_layers
 
 if TYPE_CHECKING:

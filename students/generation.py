@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
-from distill.config import DecodingConfig
+from students.config import DecodingConfig
 from students.prompting import assemble_inputs
 
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distill.config import DecodingConfig, ModelConfig
 from students.beats import BEATs, load_beats
+from students.config import DecodingConfig, ModelConfig
 from students.fusion import AudioFusion
 from students.llm import causal_lm, end_token_ids, load_llm, load_tokenizer, torch_dtype
 from students.moe.layer import moe_balance_loss

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from distill.config import AudioConfig, ModelConfig, PromptConfig
+from distill.data.config import AudioConfig
 from distill.data.targets import encode_target
+from students.config import ModelConfig, PromptConfig
 from students.llm import end_token_ids, load_tokenizer
 from students.prompting import (
     build_attention_mask,

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
-from distill.config import QFormerConfig
+from students.config import QFormerConfig
 
 
 def num_windows(frames: int, window: int, stride: int) -> int:

@@ -12,7 +12,7 @@ import torch
 from transformers import WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from distill.config import WhisperEncoderConfig
+from students.config import WhisperEncoderConfig
 
 SAMPLE_RATE = 16000
 

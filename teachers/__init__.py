@@ -7,7 +7,7 @@ Modules, one job each:
   server.py       serve-teacher: vLLM's OpenAI server as a child process
   generate.py     generate-teacher: manifests -> teacher -> cache, resumable
   cache/          the on-disk format (README.md), writer, reader, verify
-  cli.py          add_parsers(subparsers) for the ``distill`` command
+  config.py       the recipe's ``teacher`` section (its commands are in distill/teacher_cli.py)
 
 The trainer needs only ``teachers.cache.open_cache(dir).get(sample_id)``.
 """

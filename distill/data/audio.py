@@ -29,7 +29,7 @@ import torchaudio.functional as AF
 from distill.errors import DistillError
 
 if TYPE_CHECKING:
-    from distill.config import AudioConfig
+    from distill.data.config import AudioConfig
 
 logger = logging.getLogger(__name__)
 

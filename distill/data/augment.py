@@ -27,7 +27,7 @@ import torchaudio.functional as AF
 from distill.data.audio import load_audio
 
 if TYPE_CHECKING:
-    from distill.config import AugmentConfig, GainAugmentConfig, NoiseAugmentConfig
+    from distill.data.config import AugmentConfig, GainAugmentConfig, NoiseAugmentConfig
 
 NOISE_FILE_SUFFIXES = (".wav", ".flac", ".ogg")
 

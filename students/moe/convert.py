@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.config import MoEConfig
+from students.config import MoEConfig
 from students.moe.experts import Expert, Experts
 from students.moe.gate import TopKNoisyGate
 from students.moe.layer import MoELayer

@@ -100,9 +100,9 @@ def write_recipe(
 
 
 def cli(*argv: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m teachers.cli`` as a user would (a fresh process)."""
+    """Run ``python -m distill.cli`` as a user would (a fresh process)."""
     return subprocess.run(
-        [sys.executable, "-m", "teachers.cli", *argv], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "distill.cli", *argv], cwd=ROOT, capture_output=True, text=True,
         timeout=timeout, env={**os.environ, **(env or {})},
     )
 
@@ -145,7 +145,7 @@ def vllm_server(vllm_python, smollm2_dir, tmp_path_factory):
     log = folder / "vllm.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "teachers.cli", "serve-teacher", str(recipe), "--port", str(port),
+        [sys.executable, "-m", "distill.cli", "serve-teacher", str(recipe), "--port", str(port),
          "--log", str(log)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from distill.teacher_cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, add_parsers
 from teachers.cache import CachedSample, CacheMeta, CacheWriter
-from teachers.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, add_parsers
 from teachers.server import free_port
 
 

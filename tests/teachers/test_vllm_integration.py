@@ -137,7 +137,7 @@ def job_setup(tmp_path_factory, smollm2_dir, helpers):
 
 
 def generate_command(recipe, endpoint, cache_dir):
-    return [sys.executable, "-m", "teachers.cli", "generate-teacher", str(recipe),
+    return [sys.executable, "-m", "distill.cli", "generate-teacher", str(recipe),
             "--endpoint", endpoint, "--cache-dir", str(cache_dir), "--no-progress"]
 
 

@@ -1,5 +1,8 @@
 """The teacher's subcommands for ``distill``: serve-teacher, generate-teacher, cache verify|stats.
 
+Here, not in ``teachers/``: a command reads the whole recipe (``distill.config``, a layer above
+the teacher service), while ``teachers`` itself takes only its own ``teacher`` section.
+
 ``add_parsers(subparsers)`` registers them; handlers return 0 (ok), 1 (failure) or 2 (bad
 input) and print errors as ``error: ...`` on stderr. Heavy libraries are imported inside the
 handlers so ``distill --help`` stays instant.
@@ -191,14 +194,3 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     cache.add_argument("directory", type=Path, help="the cache directory")
     cache.set_defaults(func=cmd_cache)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m teachers.cli``) until distill/cli.py delegates here."""
-    parser = argparse.ArgumentParser(prog="distill", formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_parsers(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Schema of the recipe's ``teacher`` section: which model, how it is served, what it sees.
+
+Owned by ``teachers`` (``distill.config`` composes it into a recipe), so the teacher service can
+be configured and run without the student's or the trainer's schema.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from distill.schema import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, Strict
+
+
+class TeacherServerConfig(Strict):
+    """How ``serve-teacher`` starts vLLM (it lives in its own venv: ``python`` is that interpreter;
+    ``auto`` = the venv scripts/ensure-vllm-venv.sh builds once and caches)."""
+
+    python: str = "auto"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    max_model_len: PositiveInt | None = None
+    tensor_parallel_size: PositiveInt = 1
+    extra_args: list[str] = Field(default_factory=list)
+    startup_timeout_s: PositiveFloat = 900
+
+
+class TeacherPromptConfig(Strict):
+    """What the teacher sees for one task: privileged text fills the ``{...}`` fields."""
+
+    system: str | None = None
+    user: str
+
+
+DEFAULT_TEACHER_PROMPTS = {
+    "asr": {"user": "Repeat this transcript exactly.\nTranscript: {text}"},
+    "audiocaption": {"user": "Describe the sound in one sentence. What is heard: {text}"},
+    "audiocaption_v2": {"user": "Describe the sound in one sentence. What is heard: {text}"},
+    "qa": {
+        "user": (
+            "You are listening to an audio clip. What is known about it: {context}\n"
+            "Question: {question}\nThink step by step, then answer briefly."
+        )
+    },
+}
+
+
+class TeacherConfig(Strict):
+    """Text-only teacher that sees each sample's privileged text and caches top-k soft targets."""
+
+    model: str = "deepseek-ai/DeepSeek-R1-Distill-Llama-8B"
+    revision: str | None = None
+    tokenizer: str | None = None
+    gguf_file: str | None = None
+    backend: Literal["vllm_server", "vllm_offline", "transformers"] = "vllm_server"
+    endpoints: list[str] = Field(default_factory=list)
+    api_key_env: str | None = "DISTILL_TEACHER_API_KEY"
+    server: TeacherServerConfig = Field(default_factory=TeacherServerConfig)
+    mode: Literal["score", "generate"] = "score"
+    top_k: PositiveInt = 20
+    logprob_mode: Literal["raw_logprobs", "processed_logprobs"] = "raw_logprobs"
+    temperature: NonNegFloat = 1.0
+    max_new_tokens: PositiveInt = 512
+    rationale_as_target: bool = False
+    prompts: dict[str, TeacherPromptConfig] = Field(
+        default_factory=lambda: {k: TeacherPromptConfig(**v) for k, v in DEFAULT_TEACHER_PROMPTS.items()}
+    )
+    cache_dir: str = "runs/teacher_cache"
+    shard_size: PositiveInt = 4096
+    max_in_flight: PositiveInt = 32  # requests in flight per endpoint
+    request_timeout_s: PositiveFloat = 300
+    max_retries: NonNegInt = 5
+    allow_tokenizer_mismatch: bool = False
