@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
-import torch
 import soxr
+import torch
 
 if TYPE_CHECKING:
     from distill.config import AudioConfig
