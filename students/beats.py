@@ -24,6 +24,8 @@ from distill.errors import DistillError
 FBANK_MEAN = 15.41663
 FBANK_STD = 6.55582
 SAMPLE_RATE = 16000
+# Kaldi fbank framing at 16 kHz: 25 ms windows every 10 ms, edges snipped (frames fully inside).
+_FRAME_SAMPLES, _SHIFT_SAMPLES = 400, 160
 
 
 class BeatsCheckpointError(DistillError, ValueError):
@@ -89,14 +91,25 @@ def beats_fbank(
     return (torch.stack(banks) - mean) / (2 * std)
 
 
-def _reduce_padding_mask(features: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-    """The official mapping of a padding mask onto a shorter sequence (a position is padding when
-    every element of its group is). Kept as upstream, odd grouping included, so masked positions
-    match the checkpoint's training."""
-    extra = padding_mask.size(1) % features.size(1)
-    if extra > 0:
-        padding_mask = padding_mask[:, :-extra]
-    return padding_mask.view(padding_mask.size(0), features.size(1), -1).all(-1)
+def token_padding_mask(
+    padding_mask: torch.Tensor, time_patches: int, freq_patches: int, patch_frames: int
+) -> torch.Tensor:
+    """[B, samples] sample mask (True = padding, at the end) -> [B, time x freq patches] token
+    mask, True for every token whose 160 ms patch is not made of real fbank frames only.
+
+    Why not upstream's mapping (a token is padding only when *all* the samples of an evenly
+    split group are): it keeps a partly real patch that the clip alone never has (Kaldi frames
+    with ``snip_edges`` need 400 real samples; a patch needs ``patch_frames`` real frames), so a
+    clip's tokens would depend on its batch-mates. Here a clip in a batch has exactly the tokens
+    it has alone. Tokens are time-major: patch t covers tokens t * freq .. t * freq + freq - 1.
+    """
+    real = (~padding_mask).sum(dim=1)
+    frames = torch.where(
+        real >= _FRAME_SAMPLES, 1 + (real - _FRAME_SAMPLES) // _SHIFT_SAMPLES, 0
+    )
+    real_tokens = (frames // patch_frames) * freq_patches
+    positions = torch.arange(time_patches * freq_patches, device=padding_mask.device)
+    return positions[None, :] >= real_tokens[:, None]
 
 
 class WeightNormConv1d(nn.Module):
@@ -322,19 +335,27 @@ class BEATs(nn.Module):
     def forward(
         self, waveforms: torch.Tensor, padding_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """[B, samples] (16 kHz), padding mask True at padded samples -> (features, token mask)."""
+        """[B, samples] (16 kHz), padding mask True at padded samples (at the end of each row)
+        -> (features [B, tokens, dim], token mask [B, tokens] True at padding, or None).
+
+        Batch-invariant: a clip's real tokens equal those it has alone, and padded tokens are 0.
+        """
         dtype = self.patch_embedding.weight.dtype
         fbank = beats_fbank(waveforms, self.fbank_mean, self.fbank_std).to(dtype)
+        features = self.patch_embedding(fbank.unsqueeze(1))  # [B, C, time, freq patches]
+        token_mask = None
         if padding_mask is not None:
-            padding_mask = _reduce_padding_mask(fbank, padding_mask.bool())
-        features = self.patch_embedding(fbank.unsqueeze(1))
+            token_mask = token_padding_mask(
+                padding_mask.bool(), features.size(2), features.size(3), self.cfg.input_patch_size
+            )
         features = features.flatten(2).transpose(1, 2)
         features = self.layer_norm(features)
-        if padding_mask is not None:
-            padding_mask = _reduce_padding_mask(features, padding_mask)
         if self.post_extract_proj is not None:
             features = self.post_extract_proj(features)
-        return self.encoder(self.dropout_input(features), padding_mask), padding_mask
+        features = self.encoder(self.dropout_input(features), token_mask)
+        if token_mask is not None:
+            features = features.masked_fill(token_mask.unsqueeze(-1), 0.0)
+        return features, token_mask
 
 
 def beats_checkpoint(model: BEATs) -> dict:

@@ -168,13 +168,13 @@ class SalmonnStudent(nn.Module):
         features = batch["whisper_features"].to(device, self.whisper.dtype)
         with torch.no_grad() if self.config.whisper.freeze else nullcontext():
             speech = self.whisper(features).last_hidden_state
-        audio = None
+        audio = audio_mask = None
         if self.beats is not None:
             with torch.no_grad() if self.config.beats.freeze else nullcontext():
-                audio, _ = self.beats(
+                audio, audio_mask = self.beats(
                     batch["beats_waveform"].to(device), batch["beats_padding_mask"].to(device)
                 )
-        tokens = self.qformer(self.fusion(speech, audio))
+        tokens = self.qformer(self.fusion(speech, audio, audio_mask))
         return self.projection(tokens.to(self.projection.weight.dtype))
 
     def forward(self, batch: dict, *, return_logits: bool = False) -> StudentOutput:

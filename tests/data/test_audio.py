@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 import torch
 
 from distill.config import AudioConfig
@@ -258,3 +260,141 @@ def test_loader_applies_the_config(tmp_path):
     clip = loader(path)
 
     assert clip.sample_rate == 8000 and clip.waveform.numel() == 32000 and clip.was_padded
+
+
+# ------------------------------------------------------------ resampling and what is read
+def band_limited(rate: int, seconds: float, nyquist: float) -> tuple[np.ndarray, callable]:
+    """A sum of sines below ``nyquist`` and the function that evaluates it at any time (s)."""
+    parts = [(0.2, 97.0), (0.3, 440.0), (0.1, 0.3 * nyquist), (0.1, 0.6 * nyquist)]
+    parts.append((0.05, 0.85 * nyquist))
+
+    def at(t: np.ndarray) -> np.ndarray:
+        return sum(a * np.sin(2 * np.pi * f * t + 1.0) for a, f in parts)
+
+    return at(np.arange(round(seconds * rate)) / rate).astype(np.float32), at
+
+
+@pytest.mark.parametrize("rate", [44100, 22050, 8000, 11025, 16001, 15999, 7919, 44101, 96000])
+def test_resampling_equals_the_exact_band_limited_signal(tmp_path, rate):
+    # The reference is the signal itself, evaluated at 16 kHz sample times: the ideal resampler.
+    # 50 ms at each end are left out (every finite filter rings there).
+    samples, exact = band_limited(rate, 2.0, nyquist=min(rate, 16000) / 2)
+    clip = load_audio(write(tmp_path / "a.wav", samples, rate=rate, subtype="FLOAT"))
+
+    got = clip.waveform.numpy()
+    assert abs(got.size - 32000) <= 1  # 2 s, rounded to whole samples
+    want = exact(np.arange(got.size) / 16000)
+    assert np.abs(got - want)[800:-800].max() < 1e-4
+
+
+@pytest.mark.parametrize("rate", [16001, 44101, 7919])
+def test_a_rate_without_a_common_factor_loads_as_fast_as_a_common_one(tmp_path, rate):
+    # Before: torchaudio's kernel had one phase per output sample of the rates' lowest common
+    # multiple (16001 Hz: 16000 phases), 28 s and 4.8 GB for this 0.2 s clip.
+    common = write(tmp_path / "common.wav", tone(440, 0.2, 22050), rate=22050)
+    odd = write(tmp_path / "odd.wav", tone(440, 0.2, rate), rate=rate)
+    load_audio(common)  # warm-up
+
+    started = time.perf_counter()
+    clip = load_audio(odd)
+    seconds = time.perf_counter() - started
+
+    assert seconds < 0.5  # about 1 ms here; the bound leaves room for a loaded machine
+    assert clip.waveform.numel() == 16000 and clip.was_padded
+    assert dominant_frequency(clip.waveform[:3200], 16000) == pytest.approx(440, abs=5)
+
+
+@pytest.fixture
+def count_frames_read(monkeypatch):
+    """How many frames soundfile decoded (a spy around the real SoundFile.read)."""
+    read = []
+    real_read = sf.SoundFile.read
+
+    def spy(self, frames=-1, *args, **kwargs):
+        out = real_read(self, frames, *args, **kwargs)
+        read.append(len(out))
+        return out
+
+    monkeypatch.setattr(sf.SoundFile, "read", spy)
+    return read
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("long.wav", {}), ("long.flac", {})])
+def test_a_long_file_is_decoded_only_as_far_as_it_is_kept(
+    tmp_path, count_frames_read, name, kwargs
+):
+    rate = 44100
+    samples = tone(440, 75.0, rate) + tone(3000, 75.0, rate, amplitude=0.1)
+    path = write(tmp_path / name, samples, rate=rate, **kwargs)
+    full = sf.read(path, dtype="float32")[0]  # the reference resamples the whole file
+    count_frames_read.clear()
+
+    clip = load_audio(path)
+
+    assert sum(count_frames_read) <= 30 * rate + 2 * 65536  # 30 s and at most two blocks more
+    assert clip.was_cut and clip.source_seconds == pytest.approx(75.0)
+    reference = soxr.resample(full, rate, 16000, quality="HQ")[:480000]
+    np.testing.assert_array_equal(clip.waveform.numpy(), reference)
+
+
+def test_a_long_wav_cut_after_the_kept_part_is_still_reported_truncated(tmp_path):
+    full = write(tmp_path / "full.wav", tone(440, 40.0, 16000))
+    path = cut_bytes(full, tmp_path / "cut.wav", keep=0.9)  # 36 s of 40 present
+
+    assert_audio_error(path, "truncated", "header says 640000 frames, only")
+
+
+# ------------------------------------------------------- compressed formats: trust the samples
+def cbr_mp3(path, seconds=3.0, rate=44100):
+    """A constant-bitrate MP3 as LAME writes it: an ``Info`` header frame with a frame count."""
+    samples = tone(440, seconds, rate) + tone(97, seconds, rate, amplitude=0.1)
+    sf.write(path, samples, rate, format="MP3", bitrate_mode="CONSTANT", compression_level=0.5)
+    data = path.read_bytes()
+    assert data.find(b"Info") > 0  # the premise of the header edits below
+    return path
+
+
+def edit_info_header(source, target, offset: int, new: bytes):
+    data = bytearray(source.read_bytes())
+    at = data.find(b"Info") + offset
+    data[at : at + len(new)] = new
+    target.write_bytes(bytes(data))
+    return target
+
+
+@pytest.mark.parametrize(
+    ("edit", "offset", "new"),
+    [
+        ("intact", 0, b"Info"),
+        ("frame count zeroed", 8, bytes(4)),
+        ("whole tag zeroed", 0, bytes(120)),  # the bitrate x size estimate is then 134898
+        ("frame count too large", 8, (200).to_bytes(4, "big")),
+    ],
+)
+def test_an_mp3_whose_header_frame_count_is_wrong_loads_whole(tmp_path, edit, offset, new):
+    path = edit_info_header(cbr_mp3(tmp_path / "a.mp3"), tmp_path / "edited.mp3", offset, new)
+
+    clip = load_audio(path)
+
+    # The decoder may keep its delay and padding (up to two 1152-sample frames) once the
+    # Info/LAME tag that says how many to drop is gone.
+    assert clip.source_seconds == pytest.approx(3.0, abs=0.06)
+    assert clip.waveform.numel() == pytest.approx(48000, abs=1000)
+    assert dominant_frequency(clip.waveform, 16000) == pytest.approx(440, abs=1)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "rate"),
+    [
+        ("a.mp3", {"format": "MP3"}, 44100),
+        ("a.opus", {"format": "OGG", "subtype": "OPUS"}, 48000),
+        ("a.ogg", {"format": "OGG", "subtype": "VORBIS"}, 22050),
+    ],
+)
+def test_lossy_formats_decode_to_the_right_length_and_pitch(tmp_path, name, kwargs, rate):
+    samples = tone(440, 2.0, rate)
+    clip = load_audio(write(tmp_path / name, samples, rate=rate, **kwargs))
+
+    assert clip.waveform.numel() == pytest.approx(32000, abs=1000)
+    assert dominant_frequency(clip.waveform, 16000) == pytest.approx(440, abs=1)
+    assert clip.waveform.abs().max() == pytest.approx(0.5, abs=0.05)
