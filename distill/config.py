@@ -172,6 +172,9 @@ class ModelConfig(Strict):
     moe: MoEConfig = Field(default_factory=MoEConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     compute_dtype: Dtype = "bfloat16"
+    # Random weights at the named models' real shapes (students.shapes), built through the same
+    # 4-bit / MoE / LoRA steps as a real load: for measuring memory and speed without a model hub.
+    random_init: bool = False
 
 
 # ------------------------------------------------------------------------------------- teacher
