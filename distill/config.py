@@ -123,10 +123,14 @@ class ScheduleConfig(Strict):
 
 
 class ClipConfig(Strict):
-    """Dynamic gradient clipping: ZClip by default, AutoClip percentile, or a fixed max."""
+    """Dynamic gradient clipping: ZClip by default, AutoClip percentile, or a fixed max.
+
+    ``max_norm``: fixed mode's threshold (1.0 when unset); for zclip/autoclip an explicit outer
+    bound on the dynamic threshold, off when unset (a cap under the run's usual norm would make
+    every step a fixed clip; the trainer warns when the cap clips most steps)."""
 
     mode: Literal["zclip", "autoclip", "fixed", "none"] = "zclip"
-    max_norm: PositiveFloat = 1.0
+    max_norm: PositiveFloat | None = None
     zclip_alpha: Annotated[float, Field(gt=0, lt=1)] = 0.97
     zclip_z_threshold: PositiveFloat = 2.5
     zclip_warmup_steps: NonNegInt = 25

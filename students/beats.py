@@ -424,3 +424,18 @@ def load_beats(
     if dtype is not None:
         model.to(dtype)
     return model
+
+
+def random_beats(
+    checkpoint: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    fbank_mean: float = FBANK_MEAN,
+    fbank_std: float = FBANK_STD,
+) -> BEATs:
+    """BEATs with random weights at the shape of ``checkpoint`` (a known official file name, a
+    JSON cfg or an existing checkpoint's cfg; ``students.shapes``), for measuring costs."""
+    from students.shapes import beats_config
+
+    model = BEATs(BeatsConfig.from_dict(beats_config(str(checkpoint))), fbank_mean, fbank_std)
+    return model.to(dtype) if dtype is not None else model

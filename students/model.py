@@ -7,6 +7,7 @@ Logits are computed only when asked.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +15,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from students.beats import BEATs, load_beats
+from students.beats import BEATs, load_beats, random_beats
 from students.config import DecodingConfig, ModelConfig
 from students.fusion import AudioFusion
-from students.llm import causal_lm, end_token_ids, load_llm, load_tokenizer, torch_dtype
+from students.llm import (
+    causal_lm,
+    check_vocabulary,
+    cpu_has_bf16_matrix_units,
+    end_token_ids,
+    load_llm,
+    load_tokenizer,
+    torch_dtype,
+)
 from students.moe.layer import moe_balance_loss
 from students.processor import SalmonnProcessor
 from students.prompting import assemble_inputs, shift_labels
@@ -41,6 +50,19 @@ class StudentOutput:
     logits: torch.Tensor | None = None
     balance_loss: torch.Tensor | None = None
     audio_embeds: torch.Tensor | None = None
+
+
+def warn_slow_cpu_dtype(cfg: ModelConfig, device) -> None:
+    """bf16 on a CPU without bf16 matrix units runs several times slower than float32 (autocast
+    to bf16 from train.precision hits the same kernels): say so before minutes are lost."""
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if on_cpu and cfg.compute_dtype == "bfloat16" and not cpu_has_bf16_matrix_units():
+        warnings.warn(
+            "model.compute_dtype is bfloat16 on a CPU without bf16 matrix units (AMX): bf16 "
+            "matrix products run about 5x slower than float32 here; set compute_dtype (and "
+            "quantization.compute_dtype) to float32 for the CPU path (`distill bench` does so)",
+            stacklevel=3,
+        )
 
 
 class SalmonnStudent(nn.Module):
@@ -72,21 +94,24 @@ class SalmonnStudent(nn.Module):
     def from_config(
         cls, cfg: ModelConfig, *, device: str | torch.device | None = None, tokenizer=None
     ) -> SalmonnStudent:
-        """Build from the recipe's ``model`` section; pretrained parts load from their paths."""
+        """Build from the recipe's ``model`` section; pretrained parts load from their paths
+        (``cfg.random_init``: random weights at their shapes, same code path otherwise)."""
         dtype = torch_dtype(cfg.compute_dtype)
-        whisper = load_whisper_encoder(cfg.whisper, dtype)
+        warn_slow_cpu_dtype(cfg, device)
+        random_init = cfg.random_init
+        whisper = load_whisper_encoder(cfg.whisper, dtype, random_init=random_init)
         beats = None
         if cfg.beats.enabled:
-            beats = load_beats(
-                cfg.beats.checkpoint,
-                dtype=dtype,
-                fbank_mean=cfg.beats.fbank_mean,
-                fbank_std=cfg.beats.fbank_std,
-            )
+            options = dict(dtype=dtype, fbank_mean=cfg.beats.fbank_mean,
+                           fbank_std=cfg.beats.fbank_std)
+            beats = (random_beats(cfg.beats.checkpoint, **options) if random_init
+                     else load_beats(cfg.beats.checkpoint, **options))
             if cfg.beats.freeze:
                 beats.requires_grad_(False).eval()
-        llm = load_llm(cfg.llm, dtype=dtype, moe=cfg.moe, device=device)
-        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.llm)
+        llm = load_llm(cfg.llm, dtype=dtype, moe=cfg.moe, device=device, random_init=random_init)
+        if tokenizer is None:
+            tokenizer = load_tokenizer(cfg.llm, random_init=random_init)
+        check_vocabulary(tokenizer, causal_lm(llm), cfg.llm.name_or_path)
         student = cls(cfg, whisper, beats, llm, tokenizer)
         if device is not None:
             for module in (student.whisper, student.beats, student.fusion, student.qformer):

@@ -23,17 +23,31 @@ class _EncoderOnly(WhisperEncoder):
 
 
 def load_whisper_encoder(
-    cfg: WhisperEncoderConfig, dtype: torch.dtype, *, attn_implementation: str = "sdpa"
+    cfg: WhisperEncoderConfig,
+    dtype: torch.dtype,
+    *,
+    attn_implementation: str = "sdpa",
+    random_init: bool = False,
 ) -> WhisperEncoder:
-    """Encoder of the Whisper checkpoint ``cfg.name_or_path``; frozen (eval) when ``cfg.freeze``."""
+    """Encoder of the Whisper checkpoint ``cfg.name_or_path``; frozen (eval) when ``cfg.freeze``.
+
+    ``random_init``: the same encoder with random weights, from the checkpoint's config (a known
+    hub name's public values or a local folder's config.json; ``students.shapes``)."""
     dtype = torch.float32 if cfg.dtype == "float32" else dtype
-    encoder, info = _EncoderOnly.from_pretrained(
-        cfg.name_or_path,
-        key_mapping={r"^(model\.)?encoder\.": ""},
-        dtype=dtype,
-        attn_implementation=attn_implementation,
-        output_loading_info=True,
-    )
+    if random_init:
+        from students.shapes import hf_config
+
+        config = hf_config(cfg.name_or_path, "model.whisper.name_or_path")
+        config._attn_implementation = attn_implementation
+        encoder, info = _EncoderOnly(config).to(dtype), {"missing_keys": []}
+    else:
+        encoder, info = _EncoderOnly.from_pretrained(
+            cfg.name_or_path,
+            key_mapping={r"^(model\.)?encoder\.": ""},
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            output_loading_info=True,
+        )
     if info["missing_keys"]:
         raise ValueError(
             f"{cfg.name_or_path}: not a Whisper checkpoint with an encoder "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from distill.losses import (
 )
 from distill.losses.modules import CrossEntropy
 from distill.train.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
-from distill.train.clipping import build_clipper
+from distill.train.clipping import CapWatch, build_clipper
 from distill.train.data import (
     Batch,
     Collator,
@@ -123,6 +124,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.student, cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         self.clipper = build_clipper(cfg.clip)
+        self.cap_watch = CapWatch(getattr(self.clipper, "max_norm", None), cfg.clip.mode)
         self.loss = build_loss(recipe)
         self.ce_only_loss = CrossEntropy(chunk_size=recipe.loss.chunk_size)
         self.student, self.optimizer = self.accelerator.prepare(self.student, self.optimizer)
@@ -246,6 +248,11 @@ class Trainer:
         log.update(grad_norm=norm, clip_threshold=decision.threshold,  # None: no limit
                    clipped=float(decision.clipped), lr=self.scheduler.get_last_lr()[0],
                    tokens=global_tokens)
+        warning = self.cap_watch.observe(decision)
+        if warning is not None:
+            log["warning"] = warning  # in train_log.jsonl beside the step it concerns
+            if acc.is_main_process:
+                tqdm.write(f"warning: {warning}", file=sys.stderr)
         return log
 
     def _zero_optimizer(self):

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from distill.config import ClipConfig
-from distill.train.clipping import AutoClip, FixedClip, NoClip, ZClip, build_clipper
+from distill.train.clipping import (
+    AutoClip,
+    CapWatch,
+    ClipDecision,
+    FixedClip,
+    NoClip,
+    ZClip,
+    build_clipper,
+)
 
 
 def test_zclip_threshold_matches_the_hand_computation():
@@ -94,3 +102,50 @@ def test_autoclip_preset_equals_its_decision():
     for n in (1.0, 2.0, 3.0):
         clip.decide(n)
     assert clip.preset_threshold() == clip.decide(100.0, preset=True).threshold == 2.0
+
+
+def test_dynamic_modes_have_no_cap_by_default_so_large_steady_norms_pass():
+    """Norms near 77 (a random real-shape student's first steps): with the old default cap of
+    1.0 every step was clipped to 1.0; unset, ZClip and AutoClip decide alone."""
+    for mode in ("zclip", "autoclip"):
+        clipper = build_clipper(ClipConfig(mode=mode, zclip_warmup_steps=5,
+                                          autoclip_percentile=100))
+        decisions = [clipper.decide(77.0 + (step % 3)) for step in range(30)]
+        assert not any(d.capped for d in decisions), mode
+        assert all(d.threshold is None or d.threshold >= 77.0 for d in decisions), mode
+        assert all(d.scale > 0.97 for d in decisions), mode  # not scaled to 1/77
+    assert build_clipper(ClipConfig(mode="fixed")).max_norm == 1.0  # fixed keeps its default
+
+
+def test_an_explicit_cap_bounds_the_dynamic_threshold_and_says_so():
+    clip = ZClip(warmup_steps=3, max_norm=5.0)
+    warm = [clip.decide(n) for n in (70.0, 77.0, 80.0)]
+    assert all(d.threshold == 5.0 and d.capped and d.clipped for d in warm)
+    steady = clip.decide(75.0)  # z < 2.5: ZClip would not clip; the cap does
+    assert steady.threshold == 5.0 and steady.capped and steady.clipped
+    spike = ZClip(warmup_steps=3, max_norm=1e9)
+    for n in (1.0, 2.0, 3.0):
+        spike.decide(n)
+    dynamic = spike.decide(10.0)  # ZClip's own threshold (about 2.52) is under the cap
+    assert dynamic.clipped and not dynamic.capped and dynamic.threshold < 3.0
+    auto = AutoClip(percentile=50.0, max_norm=2.0)
+    for n in (10.0, 20.0):
+        auto.decide(n)
+    assert auto.decide(15.0) == ClipDecision(15.0, 2.0, capped=True)
+
+
+def test_cap_watch_warns_once_when_the_cap_clips_most_steps():
+    watch = CapWatch(max_norm=1.0, mode="zclip", window=10)
+    clipper = ZClip(warmup_steps=3, max_norm=1.0)
+    messages = [watch.observe(clipper.decide(40.0 + step % 5)) for step in range(30)]
+    fired = [i for i, m in enumerate(messages) if m is not None]
+    assert fired == [9]  # the first full window, then never again
+    assert "train.clip.max_norm=1" in messages[9] and "10 of the last 10" in messages[9]
+
+
+def test_cap_watch_stays_quiet_when_the_cap_only_catches_rare_spikes():
+    watch = CapWatch(max_norm=10.0, mode="fixed", window=10)
+    clipper = FixedClip(10.0)
+    norms = [1.0] * 8 + [50.0] * 2  # 2 of 10 clipped: the cap doing its job
+    assert all(watch.observe(clipper.decide(n)) is None for n in norms * 3)
+    assert CapWatch(None, "zclip", window=1).observe(ClipDecision(5.0, 1.0)) is None

@@ -276,3 +276,19 @@ def test_zero2_through_accelerate_on_cpu_matches_the_plain_first_step(workspace,
     assert got[0]["grad_norm"] == pytest.approx(want[0]["grad_norm"], rel=1e-4)
     assert all(math.isfinite(row["loss"]) for row in got)
     assert got[-1]["clip_threshold"] is not None  # ZClip past warm-up set a threshold
+
+
+def test_a_cap_that_clips_most_steps_is_warned_about_in_the_log(workspace, tmp_path, capsys):
+    from distill.train.clipping import CapWatch
+
+    recipe = make_recipe(workspace, tmp_path, max_steps=6,
+                         clip={"mode": "zclip", "zclip_warmup_steps": 2, "max_norm": 1e-6})
+    trainer = Trainer(recipe)
+    trainer.cap_watch = CapWatch(1e-6, "zclip", window=4)  # the default window is 20 steps
+    trainer.train()
+    log = read_log(tmp_path)
+    assert all(row["clipped"] and row["clip_threshold"] == 1e-6 for row in log)
+    warned = [row["step"] for row in log if "warning" in row]
+    assert warned == [4]  # once, when the first window of 4 steps was full
+    assert "train.clip.max_norm=1e-06 clipped 4 of the last 4" in log[3]["warning"]
+    assert "warning: train.clip.max_norm" in capsys.readouterr().err
