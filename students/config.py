@@ -76,9 +76,6 @@ class QuantizationConfig(Strict):
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
     compute_dtype: Dtype = "bfloat16"
-    # Random weights at the named models' real shapes (students.shapes), built through the same
-    # 4-bit / MoE / LoRA steps as a real load: for measuring memory and speed without a model hub.
-    random_init: bool = False
 
 
 ALL_LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -157,6 +154,9 @@ class ModelConfig(Strict):
     moe: MoEConfig = Field(default_factory=MoEConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     compute_dtype: Dtype = "bfloat16"
+    # Random weights at the named models' real shapes (students.shapes), built through the same
+    # 4-bit / MoE / LoRA steps as a real load: for measuring memory and speed without a model hub.
+    random_init: bool = False
 
 
 class DecodingConfig(Strict):
