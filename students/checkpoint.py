@@ -27,6 +27,7 @@ from distill.config import ModelConfig
 from students.moe.layer import moe_layers
 
 if TYPE_CHECKING:
+    from students.card import CardContext
     from students.model import SalmonnStudent
 
 FORMAT_VERSION = 1
@@ -96,7 +97,11 @@ def trainable_state(student: SalmonnStudent) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def save_student(student: SalmonnStudent, directory: str | Path) -> Path:
+def save_student(student: SalmonnStudent, directory: str | Path, *,
+                 card: CardContext | None = None) -> Path:
+    """Write the checkpoint, with its model card (``README.md``, see ``students.card``)."""
+    from students.card import write_card
+
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -110,6 +115,7 @@ def save_student(student: SalmonnStudent, directory: str | Path) -> Path:
         save_file(trainable_state(student), str(staging / WEIGHTS_FILE))
         if student.config.llm.lora.enabled:
             student.llm.save_pretrained(str(staging / ADAPTER_DIR))
+        write_card(student, staging, card)
         _replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -95,11 +95,12 @@ class SalmonnStudent(nn.Module):
             student.projection.to(device)
         return student
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Trainable weights (LoRA in peft format, the rest in safetensors) and the config."""
+    def save_pretrained(self, directory: str | Path, *, card=None) -> Path:
+        """Trainable weights (LoRA in peft format, the rest in safetensors), the config and a
+        model card ``README.md``; ``card`` (a ``students.card.CardContext``) adds the run."""
         from students.checkpoint import save_student
 
-        return save_student(self, directory)
+        return save_student(self, directory, card=card)
 
     @classmethod
     def from_pretrained(
