@@ -67,6 +67,7 @@ class CardContext:
     data: list[dict] = field(default_factory=list)
     report: dict | None = None
     training: dict = field(default_factory=dict)
+    export: dict = field(default_factory=dict)  # distill export: source, merged_lora, dtype
     # Filled from the student by write_card, so the card can be rewritten without loading it.
     model: dict | None = None
     parameters: dict = field(default_factory=dict)
@@ -167,7 +168,7 @@ def _front_matter(cfg: ModelConfig, context: CardContext, model_name: str) -> st
         library_name=LIBRARY_NAME,
         pipeline_tag="audio-text-to-text",
         license=hub_license or "other",
-        base_model=cfg.llm.name_or_path,
+        base_model=context.export.get("base_model") or cfg.llm.name_or_path,
         tags=list(dict.fromkeys(tags)),
         datasets=[Path(d["path"]).stem for d in context.data if d.get("split") == "train"] or None,
         model_name=model_name,
@@ -205,6 +206,13 @@ def render_card(context: CardContext, *, disk_bytes: int | None = None) -> str:
               "student = SalmonnStudent.from_pretrained(\"<this folder>\")",
               "print(student.transcribe([\"clip.wav\"]))", "```", ""]
 
+    if context.export:
+        export = context.export
+        lines += [f"Exported from `{export['source']}` by `distill export` "
+                  + ("with the LoRA adapters merged into the LLM" if export["merged_lora"]
+                     else "with the base LLM and its adapters") + f", {export['dtype']}; "
+                  f"base model `{export['base_model']}`. Scores and timings below were "
+                  "measured on that checkpoint.", ""]
     lines += ["## Architecture", "", "| part | what | parameters |", "|---|---|---|"]
     by_part = context.parts
     llm_kind = cfg.llm.name_or_path + (" (4-bit " + cfg.llm.quantization.quant_type + ")"
