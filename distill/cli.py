@@ -23,6 +23,7 @@ The pipeline, left to right (every step reads one YAML recipe, see recipes/):
   generate-teacher  teacher top-k soft targets (and rationales) -> a verified disk cache
   train-student     fit the SALMONN-style student with CE + KD from the cache
   evaluate          WER, caption metrics and efficiency (TTFT, TPOT, memory) -> a report
+  export            a trained student as one self-contained folder (optionally LoRA merged)
   demo              all of the above, tiny, on a laptop CPU
   app               a web page to try a trained student on a clip
 
@@ -297,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_app(sub)
+    from distill import export
+
+    export.add_parser(sub)
     return parser
 
 

@@ -28,6 +28,7 @@ from students.config import ModelConfig
 from students.moe.layer import moe_layers
 
 if TYPE_CHECKING:
+    from students.card import CardContext
     from students.model import SalmonnStudent
 
 FORMAT_VERSION = 1
@@ -97,25 +98,44 @@ def trainable_state(student: SalmonnStudent) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def save_student(student: SalmonnStudent, directory: str | Path) -> Path:
+def save_student(student: SalmonnStudent, directory: str | Path, *,
+                 card: CardContext | None = None) -> Path:
+    """Write the checkpoint, with its model card (``README.md``, see ``students.card``)."""
+    from students.card import write_card
+
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "model": student.config.model_dump(mode="json"),
-            "architecture": architecture(student),
-        }
-        (staging / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        save_file(trainable_state(student), str(staging / WEIGHTS_FILE))
-        if student.config.llm.lora.enabled:
-            student.llm.save_pretrained(str(staging / ADAPTER_DIR))
+        write_student_files(student, staging)
+        write_card(student, staging, card)
         _replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def write_student_files(student: SalmonnStudent, folder: Path, *,
+                        bundled: dict[str, str] | None = None) -> None:
+    """The config, trainable weights and adapter into an existing ``folder`` (not atomic: the
+    callers write into a staging folder). ``bundled`` maps config keys (``llm.name_or_path``)
+    to files inside the folder that replace them (``distill export``)."""
+    model = student.config.model_dump(mode="json")
+    for key, relative in (bundled or {}).items():
+        section, _, name = key.partition(".")
+        model[section][name] = relative
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model": model,
+        "architecture": architecture(student),
+    }
+    if bundled:
+        meta["bundled"] = sorted(bundled)
+    (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    save_file(trainable_state(student), str(folder / WEIGHTS_FILE))
+    if student.config.llm.lora.enabled:
+        student.llm.save_pretrained(str(folder / ADAPTER_DIR))
 
 
 def _replace_dir(staging: Path, target: Path) -> None:
@@ -148,7 +168,14 @@ def _read_meta(directory: str | Path) -> dict:
 
 
 def read_config(directory: str | Path) -> ModelConfig:
-    return ModelConfig.model_validate(_read_meta(directory)["model"])
+    """The saved ModelConfig; paths of parts bundled in the folder (an exported student) are
+    resolved against it, so the folder loads wherever it is moved."""
+    meta = _read_meta(directory)
+    model = meta["model"]
+    for key in meta.get("bundled", []):
+        section, _, name = key.partition(".")
+        model[section][name] = str(Path(directory).absolute() / model[section][name])
+    return ModelConfig.model_validate(model)
 
 
 def load_student_weights(student: SalmonnStudent, directory: str | Path) -> None:

@@ -88,6 +88,7 @@ class SalmonnStudent(nn.Module):
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.end_ids[0])
         self.processor = SalmonnProcessor.from_config(cfg, tokenizer, end_ids=self.end_ids)
+        self.decoding = DecodingConfig()  # what transcribe/caption/ask use; see from_pretrained
 
     # ------------------------------------------------------------------ building and io
     @classmethod
@@ -120,11 +121,12 @@ class SalmonnStudent(nn.Module):
             student.projection.to(device)
         return student
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Trainable weights (LoRA in peft format, the rest in safetensors) and the config."""
+    def save_pretrained(self, directory: str | Path, *, card=None) -> Path:
+        """Trainable weights (LoRA in peft format, the rest in safetensors), the config and a
+        model card ``README.md``; ``card`` (a ``students.card.CardContext``) adds the run."""
         from students.checkpoint import save_student
 
-        return save_student(self, directory)
+        return save_student(self, directory, card=card)
 
     @classmethod
     def from_pretrained(
@@ -145,12 +147,35 @@ class SalmonnStudent(nn.Module):
             tokenizer=tokenizer,
         )
         student.load_trainable(directory)
+        from students.inference import saved_decoding
+
+        student.decoding = saved_decoding(directory)  # the evaluation's, when the run is known
         return student
 
     def load_trainable(self, directory: str | Path) -> None:
         from students.checkpoint import load_student_weights
 
         load_student_weights(self, directory)
+
+    # ------------------------------------------------------------------ answers
+    def transcribe(self, audio, **options):
+        """Transcript of an audio file (str) or of each file in a list (list of str); decoding
+        as ``distill evaluate`` does it (``students.inference``)."""
+        from students.inference import transcribe
+
+        return transcribe(self, audio, **options)
+
+    def caption(self, audio, **options):
+        """A caption of the sound in each file, as ``transcribe``."""
+        from students.inference import caption
+
+        return caption(self, audio, **options)
+
+    def ask(self, audio, question, **options):
+        """An answer to ``question`` (one for all files, or one per file) about each file."""
+        from students.inference import ask
+
+        return ask(self, audio, question, **options)
 
     # ------------------------------------------------------------------ parts
     @property

@@ -37,6 +37,8 @@ Formats (see `distill prepare-data FORMAT --help` for each one's options):
   wavcaps      one WavCaps JSON file ({"data": [{"id", "caption", ...}]}) + audio folder
   salmonn      upstream SALMONN annotation JSON ({"annotation": [{"path", "text", "task",
                "Q"?}]}) or a test list ([{"testset_id", "path", "task", "text"?}])
+  hf           a Hugging Face `datasets` folder (save_to_disk, or Parquet/Arrow shards) with an
+               Audio column and a text column; audio bytes are written to --audio-dir
 """
 
 EXAMPLES = {
@@ -50,6 +52,8 @@ EXAMPLES = {
     "--audio-dir data/WavCaps/FreeSound_flac -o manifests/wavcaps_freesound.jsonl",
     "salmonn": "distill prepare-data salmonn data/salmonn/stage1_train.json --audio-root "
     "data/salmonn -o manifests/salmonn_stage1.jsonl",
+    "hf": "distill prepare-data hf data/my_corpus --split train --audio-column audio "
+    "--text-column text -o manifests/my_corpus_train.jsonl",
 }
 
 
@@ -57,8 +61,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``prepare-data`` and its per-format sub-commands on the ``distill`` parser."""
     parser = subparsers.add_parser(
         "prepare-data",
-        help="Corpora on disk (LibriSpeech, Clotho, AudioCaps, WavCaps, SALMONN JSON) -> JSONL "
-        "manifests.",
+        help="Corpora on disk (LibriSpeech, Clotho, AudioCaps, WavCaps, SALMONN JSON, HF "
+        "datasets) -> JSONL manifests.",
         description=DESCRIPTION,
         epilog="examples:\n" + "\n".join(f"  {example}" for example in EXAMPLES.values()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -260,6 +264,33 @@ def _salmonn_options(args: argparse.Namespace) -> dict:
     return {"audio_root": args.audio_root, "source": args.source_name}
 
 
+def _add_hf(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="PATH",
+                        help="a save_to_disk folder, or a folder of Parquet/Arrow shards")
+    parser.add_argument("--split", help="split to import (needed when there are several)")
+    parser.add_argument("--audio-column", default="audio", help="the Audio column (default: audio)")
+    parser.add_argument("--text-column", default="text",
+                        help="transcript or caption column (default: text)")
+    parser.add_argument("--id-column",
+                        help="column of unique ids (default: id if present, else row numbers)")
+    parser.add_argument("--task", default="asr", help="task name of the records (default: asr)")
+    parser.add_argument("--audio-dir", type=Path,
+                        help="where audio held as bytes is written (default: <output>_audio/ "
+                        "beside the manifest)")
+
+
+def _hf_options(args: argparse.Namespace) -> dict:
+    output = Path(args.output)
+    return {
+        "split": args.split,
+        "audio_column": args.audio_column,
+        "text_column": args.text_column,
+        "id_column": args.id_column,
+        "task": args.task,
+        "audio_dir": args.audio_dir or output.with_name(f"{output.stem}_audio"),
+    }
+
+
 def _add_skip_missing_audio(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-missing-audio",
@@ -278,4 +309,5 @@ _FORMATS: dict[
     "audiocaps": ("AudioCaps -> audio-captioning records.", _add_audiocaps, _audiocaps_options),
     "wavcaps": ("One WavCaps subset -> audio-captioning records.", _add_wavcaps, _wavcaps_options),
     "salmonn": ("SALMONN annotation / test JSON -> records.", _add_salmonn, _salmonn_options),
+    "hf": ("Hugging Face datasets folder (Audio column) -> records.", _add_hf, _hf_options),
 }

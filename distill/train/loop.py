@@ -38,6 +38,7 @@ from distill.losses import (
     linear_ramp,
 )
 from distill.losses.modules import CrossEntropy
+from distill.train.card import run_card_context
 from distill.train.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
 from distill.train.clipping import CapWatch, build_clipper
 from distill.train.data import (
@@ -299,7 +300,8 @@ class Trainer:
         higher = self.recipe.train.checkpoint.best_metric == "token_accuracy"
 
         def write(folder: Path) -> None:
-            acc.unwrap_model(self.student).save_pretrained(folder / STUDENT_DIR)
+            acc.unwrap_model(self.student).save_pretrained(folder / STUDENT_DIR,
+                                                           card=run_card_context(self))
             torch.save({
                 "progress": self.progress.__dict__,
                 "optimizer": self.optimizer.state_dict(),
@@ -432,8 +434,11 @@ def train_student(recipe: Recipe, *, resume: bool = False, run_eval: bool | None
         print(f"resumed at step {trainer.progress.step} from {trainer.checkpoints.latest()}")
     best = trainer.train()
     if (recipe.train.evaluate_when_done if run_eval is None else run_eval) and recipe.eval.sets:
-        from distill.evaluate.runner import evaluate
+        from distill.evaluate.report import report_to_json
+        from distill.evaluate.runner import check_checkpoint, evaluate
+        from students.card import refresh_card
 
-        _, paths = evaluate(recipe, best)
+        report, paths = evaluate(recipe, best)
+        refresh_card(check_checkpoint(best), report=report_to_json(report))  # card shows scores
         print(f"evaluation report: {paths['markdown']}")
     return best

@@ -14,6 +14,7 @@ from distill.data.importers import (
     CorpusError,
     import_audiocaps,
     import_clotho,
+    import_hf_dataset,
     import_librispeech,
     import_salmonn,
     import_wavcaps,
@@ -50,6 +51,7 @@ def test_registry_names_every_importer() -> None:
         "audiocaps": import_audiocaps,
         "wavcaps": import_wavcaps,
         "salmonn": import_salmonn,
+        "hf": import_hf_dataset,
     }
     assert expected == IMPORTERS
 

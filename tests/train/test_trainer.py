@@ -105,6 +105,16 @@ def test_loss_falls(workspace, tmp_path):
     assert len(losses) == 12
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
     assert {"ce", "kd", "grad_norm", "lr", "tokens_per_s"} <= set(read_log(tmp_path)[0])
+    # the checkpoint's model card names the run: data sizes, steps, the cache it learned from
+    import hashlib
+
+    card = (trainer.checkpoints.latest() / "student" / "README.md").read_text()
+    root, _ = workspace
+    assert f"| train | `{root / 'train.jsonl'}` | 8 |" in card
+    assert f"| valid | `{root / 'valid.jsonl'}` | 2 |" in card
+    assert "12 optimizer steps, 96 examples seen" in card
+    assert hashlib.sha256((root / "cache" / "meta.json").read_bytes()).hexdigest() in card
+    assert "name: tiny" in card  # the recipe, inlined
 
 
 def trainable(trainer) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from distill.data.importers.audiocaps import import_audiocaps
 from distill.data.importers.clotho import import_clotho
 from distill.data.importers.common import CorpusError
+from distill.data.importers.hf_dataset import import_hf_dataset
 from distill.data.importers.librispeech import import_librispeech
 from distill.data.importers.salmonn import import_salmonn
 from distill.data.importers.wavcaps import import_wavcaps
@@ -23,6 +24,7 @@ IMPORTERS: dict[str, Callable[..., Iterator[dict]]] = {
     "audiocaps": import_audiocaps,
     "wavcaps": import_wavcaps,
     "salmonn": import_salmonn,
+    "hf": import_hf_dataset,
 }
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "CorpusError",
     "import_audiocaps",
     "import_clotho",
+    "import_hf_dataset",
     "import_librispeech",
     "import_salmonn",
     "import_wavcaps",

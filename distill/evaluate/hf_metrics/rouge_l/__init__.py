@@ -1,0 +1,1 @@
+"""Package marker, so the metric module ships in the wheel."""
