@@ -31,6 +31,7 @@ from distill.schema import (
 )
 from students.config import (
     ALL_LLAMA_PROJECTIONS,
+    DEFAULT_EVAL_BATCH_SIZE,
     DEFAULT_INSTRUCTIONS,
     BeatsEncoderConfig,
     DecodingConfig,
@@ -187,7 +188,7 @@ class EvalConfig(Strict):
     sets: list[EvalSetConfig] = Field(default_factory=list)
     decoding: DecodingConfig = Field(default_factory=DecodingConfig)
     efficiency: EfficiencyConfig = Field(default_factory=EfficiencyConfig)
-    batch_size: PositiveInt = 8
+    batch_size: PositiveInt = DEFAULT_EVAL_BATCH_SIZE
     output_dir: str = "runs/eval"
     submission_csv: bool = True
 

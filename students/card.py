@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from distill.config import ModelConfig
+    from students.config import ModelConfig
     from students.model import SalmonnStudent
 
 CARD_FILE = "README.md"
@@ -188,7 +188,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 def render_card(context: CardContext, *, disk_bytes: int | None = None) -> str:
     """The whole ``README.md`` from a context that ``write_card`` completed (``model``,
     ``parameters``, ``parts``): front matter, then the sections a reader needs, in order."""
-    from distill.config import ModelConfig
+    from students.config import ModelConfig
 
     cfg = ModelConfig.model_validate(context.model)
     recipe = context.recipe or {}

@@ -159,6 +159,10 @@ class ModelConfig(Strict):
     random_init: bool = False
 
 
+# Clips per generation batch, in `distill evaluate` (eval.batch_size) and student.transcribe.
+DEFAULT_EVAL_BATCH_SIZE = 8
+
+
 class DecodingConfig(Strict):
     """Generation settings of the reference evaluation (docs/reference.md §1)."""
 

@@ -5,7 +5,7 @@ toolkit's loader with the recipe schema's defaults (16 kHz, first channel, padde
 30 s), the task's configured instruction (the question itself for ``ask``), and the evaluation's
 decoding settings: those of the recipe the student was trained with when its folder records one
 (the model card's ``model_card.json``), else the recipe schema's defaults (``DecodingConfig()``).
-Batches of ``EvalConfig().batch_size`` clips, answers in input order.
+Batches of ``DEFAULT_EVAL_BATCH_SIZE`` clips (``eval.batch_size``'s default), answers in input order.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from distill.config import AudioConfig, DecodingConfig, EvalConfig
+from distill.data.config import AudioConfig
+from students.config import DEFAULT_EVAL_BATCH_SIZE, DecodingConfig
 
 if TYPE_CHECKING:
     from students.model import SalmonnStudent
@@ -45,7 +46,7 @@ def answer(student: SalmonnStudent, audio: AudioInput | Sequence[AudioInput],
     if len(instructions) != len(paths):
         raise ValueError(f"{len(paths)} clips but {len(instructions)} instructions")
     audio_config = audio_config or AudioConfig()
-    size = batch_size or EvalConfig().batch_size
+    size = batch_size or DEFAULT_EVAL_BATCH_SIZE
     decoding = getattr(student, "decoding", None) or DecodingConfig()
     answers: list[str] = []
     for start in range(0, len(paths), size):
