@@ -39,6 +39,7 @@ class Example:
     target_ids: list[int]
     teacher_ids: np.ndarray | None = None  # [T, k] aligned with target_ids
     teacher_logprobs: np.ndarray | None = None
+    teacher_rest: np.ndarray | None = None  # [T] log mass outside the top-k (None: old cache)
 
 
 @dataclass
@@ -148,6 +149,8 @@ class TrainingSet(Dataset):
         example.target_ids = response
         example.teacher_ids = cached.topk_ids[: len(response)]
         example.teacher_logprobs = cached.topk_logprobs[: len(response)]
+        if cached.rest_logprobs is not None:
+            example.teacher_rest = cached.rest_logprobs[: len(response)]
         return example
 
 
@@ -185,6 +188,7 @@ class Batch:
     sample_ids: list[str]
     teacher_ids: torch.Tensor | None  # [rows with a teacher, k]
     teacher_logprobs: torch.Tensor | None
+    teacher_rest: torch.Tensor | None  # [rows with a teacher] or None (a version-1 cache)
     has_teacher: torch.Tensor  # [total target tokens] bool, in label order
     num_target_tokens: int
     num_with_teacher: int  # examples that had cached targets
@@ -200,19 +204,21 @@ class Collator:
         examples = [x for x in items if isinstance(x, Example)]
         skipped = [x for x in items if isinstance(x, Skipped)]
         if not examples:
-            return Batch({}, [], None, None, torch.zeros(0, dtype=torch.bool), 0, 0, skipped,
-                         len(items))
+            return Batch({}, [], None, None, None, torch.zeros(0, dtype=torch.bool), 0, 0,
+                         skipped, len(items))
         inputs = self.processor([e.waveform for e in examples], [e.instruction for e in examples],
                                 target_ids=[e.target_ids for e in examples])
         has_teacher = torch.cat([
             torch.full((len(e.target_ids),), e.teacher_ids is not None) for e in examples
         ])
         with_teacher = [e for e in examples if e.teacher_ids is not None]
-        ids = logprobs = None
+        ids = logprobs = rest = None
         if with_teacher:
             ids = torch.from_numpy(np.concatenate([e.teacher_ids for e in with_teacher]))
             logprobs = torch.from_numpy(np.concatenate([e.teacher_logprobs for e in with_teacher]))
-        return Batch(inputs, [e.sample_id for e in examples], ids, logprobs, has_teacher,
+            if all(e.teacher_rest is not None for e in with_teacher):  # one cache: all or none
+                rest = torch.from_numpy(np.concatenate([e.teacher_rest for e in with_teacher]))
+        return Batch(inputs, [e.sample_id for e in examples], ids, logprobs, rest, has_teacher,
                      int(has_teacher.numel()), len(with_teacher), skipped, len(items))
 
 

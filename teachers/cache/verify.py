@@ -174,10 +174,12 @@ def cache_stats(directory: str | os.PathLike) -> CacheStats:
     )
 
 
-def expected_payload(tokens: int, k: int, id_bits: int, logprob_bits: int) -> int:
-    """Bytes of one record's packed arrays (used by tests and the benchmark)."""
+def expected_payload(tokens: int, k: int, id_bits: int, logprob_bits: int,
+                     rest: bool = True) -> int:
+    """Bytes of one record's packed arrays (used by tests and the benchmark); ``rest``: the
+    version-2 rest block."""
     return (
         packed_size(tokens, id_bits) + packed_size(tokens * k, id_bits)
-        + packed_size(tokens * k, logprob_bits)
+        + packed_size(tokens * k, logprob_bits) + (packed_size(tokens, logprob_bits) if rest else 0)
     )
 
