@@ -66,6 +66,9 @@ class CacheMeta:
     vocab_size: int
     max_new_tokens: int | None = None
     rationale_as_target: bool = False
+    # teacher -> student id map applied to every row (teachers/token_map.py): {"mapped":
+    # [[teacher id, student id], ...], "folded": [teacher ids], "student_end": id}; {} = none
+    token_map: dict = dataclasses.field(default_factory=dict)
     logprob_bits: int = LOGPROB_BITS
     logprob_floor: float = LOGPROB_FLOOR
     format: str = FORMAT_NAME
