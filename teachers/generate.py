@@ -27,7 +27,13 @@ from teachers.cache.format import CachedSample, CacheMeta, rest_from_topk
 from teachers.cache.reader import open_cache, read_meta
 from teachers.cache.writer import META_NAME, CacheMetaMismatch, CacheWriter
 from teachers.fingerprint import Relation, check_compatible, fingerprint
-from teachers.prompts import check_templates, prompt_ids, split_rationale, template_hash
+from teachers.prompts import (
+    check_templates,
+    closes_reasoning,
+    prompt_ids,
+    split_rationale,
+    template_hash,
+)
 from teachers.token_map import TokenMap, TokenMapError, plan
 
 
@@ -161,7 +167,9 @@ def build_token_map(teacher, teacher_tok, student_tok, relation: Relation, vocab
 def build_meta(recipe, teacher_tok, student_tok, vocab_size: int,
                token_map: TokenMap | None = None) -> CacheMeta:
     teacher = recipe.teacher
-    generate = teacher.mode == "generate"
+    modes = {teacher.mode, *teacher.task_modes.values()}
+    generate = "generate" in modes
+    closed = "score" in modes and closes_reasoning(teacher_tok, teacher.reasoning)
     return CacheMeta(
         teacher=teacher.model if not teacher.gguf_file else f"{teacher.model}/{teacher.gguf_file}",
         teacher_revision=teacher.revision,
@@ -171,11 +179,14 @@ def build_meta(recipe, teacher_tok, student_tok, vocab_size: int,
         k=teacher.top_k,
         logprob_mode=teacher.logprob_mode,
         temperature=float(teacher.temperature),
-        prompt_template_hash=template_hash(teacher.prompts, getattr(teacher_tok, "chat_template", None)),
+        prompt_template_hash=template_hash(
+            teacher.prompts, getattr(teacher_tok, "chat_template", None), closed
+        ),
         vocab_size=vocab_size,
         max_new_tokens=teacher.max_new_tokens if generate else None,
         rationale_as_target=bool(teacher.rationale_as_target) if generate else False,
         token_map=token_map.meta() if token_map is not None else {},
+        task_modes=dict(sorted(teacher.task_modes.items())),
     )
 
 
@@ -269,7 +280,7 @@ class Job:
         try:
             await backend.start()  # TeacherUnavailable here: nothing has been written
             settings = None
-            if self.teacher.mode == "generate":
+            if self.meta.max_new_tokens is not None:  # some task generates
                 settings = GenerationSettings(
                     max_new_tokens=self.teacher.max_new_tokens,
                     temperature=self.teacher.temperature,
@@ -290,11 +301,12 @@ class Job:
             await backend.aclose()
 
     def _requests(self, todo: list[dict], max_len: int | None) -> Iterator[TeacherRequest]:
-        scoring = self.teacher.mode == "score"
         for record in todo:
             sample_id = record["id"]
+            scoring = self.meta.mode_for(record["task"]) == "score"
             try:
-                prompt = prompt_ids(self.teacher_tok, record, self.teacher.prompts)
+                reasoning = self.teacher.reasoning if scoring else "none"  # generate: it thinks
+                prompt = prompt_ids(self.teacher_tok, record, self.teacher.prompts, reasoning)
             except Exception as err:  # noqa: BLE001 - a bad record is a failure, not a crash
                 self.summary.failures[sample_id] = f"prompt: {err}"
                 continue
@@ -338,7 +350,7 @@ class Job:
         self.summary.tokens += len(sample.response_ids)
 
     def _sample(self, result: TeacherResult, record: dict) -> CachedSample:
-        if self.teacher.mode == "score":
+        if self.meta.mode_for(record["task"]) == "score":
             target = self.encode_target(self.student_tok, record["text"])
             if len(target) != len(result.response_ids):
                 raise ValueError(f"{len(result.response_ids)} scored rows for {len(target)} targets")

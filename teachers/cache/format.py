@@ -58,7 +58,7 @@ class CacheMeta:
     teacher_revision: str | None
     tokenizer_fingerprint: str  # the teacher's tokenizer (fingerprint.py)
     target_tokenizer_fingerprint: str  # the student's: it tokenised the score-mode targets
-    mode: str  # "score" or "generate"
+    mode: str  # "score" or "generate": the default of every task not in task_modes
     k: int
     logprob_mode: str
     temperature: float
@@ -69,6 +69,10 @@ class CacheMeta:
     # teacher -> student id map applied to every row (teachers/token_map.py): {"mapped":
     # [[teacher id, student id], ...], "folded": [teacher ids], "student_end": id}; {} = none
     token_map: dict = dataclasses.field(default_factory=dict)
+    task_modes: dict = dataclasses.field(default_factory=dict)  # {task: mode} overrides
+
+    def mode_for(self, task: str | None) -> str:
+        return self.task_modes.get(task, self.mode) if task is not None else self.mode
     logprob_bits: int = LOGPROB_BITS
     logprob_floor: float = LOGPROB_FLOOR
     format: str = FORMAT_NAME
