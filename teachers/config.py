@@ -59,6 +59,17 @@ class TeacherConfig(Strict):
     api_key_env: str | None = "DISTILL_TEACHER_API_KEY"
     server: TeacherServerConfig = Field(default_factory=TeacherServerConfig)
     mode: Literal["score", "generate"] = "score"
+    # Per-task override of ``mode`` in the same run and cache, e.g. {qa: generate}: score mode
+    # for ASR and captions (the reference is the target), generate mode for QA.
+    task_modes: dict[str, Literal["score", "generate"]] = Field(default_factory=dict)
+    # Score mode with a reasoning (R1-style) teacher: "closed" puts the scored answer after a
+    # closed, empty <think></think> block, where the teacher writes answers; "auto" does so
+    # when the chat template's generation prompt opens a think block; "none" never.
+    reasoning: Literal["auto", "closed", "none"] = "auto"
+    # Generate mode: the text the student's CE trains on. "teacher_answer": the teacher's answer
+    # (CE + KD on it); "reference": the manifest's text (CE on it, KD on the teacher's answer
+    # as a second sequence); "both": CE on both sequences, KD on the teacher's answer.
+    generate_ce_target: Literal["teacher_answer", "reference", "both"] = "teacher_answer"
     top_k: PositiveInt = 20
     logprob_mode: Literal["raw_logprobs", "processed_logprobs"] = "raw_logprobs"
     temperature: NonNegFloat = 1.0

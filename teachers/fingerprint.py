@@ -3,9 +3,10 @@
 Why: the cache stores the teacher's top-k *ids*, and the student reads them as its own ids. Two
 tokenizers can look alike and still disagree (R1-Distill-Llama renames Llama-3's reserved
 special tokens and has its own chat template). We compare what crosses between them: the map of
-ordinary (non-added) tokens to ids, and the student's end-of-target id, which the teacher must
-know as the same token. Chat templates and other special tokens may differ: each side builds
-its own prompt.
+ordinary (non-added) tokens to ids (``Relation``: same vocabulary, or same ordinary vocabulary
+with different specials). Chat templates and special tokens may differ: each side builds its own
+prompt, and token_map.py maps the teacher's end tokens onto the student's and folds specials
+only the teacher has into the tail.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from distill.errors import DistillError
@@ -76,35 +78,46 @@ def fingerprint(tokenizer: Any) -> TokenizerFingerprint:
     )
 
 
-def check_compatible(teacher: Any, student: Any, allow_mismatch: bool = False) -> list[str]:
+class Relation(StrEnum):
+    """How the teacher's ids relate to the student's (what crosses between them: token ids)."""
+
+    SAME = "same vocabulary"  # every id means the same token: rows are copied as they are
+    SAME_ORDINARY = "same ordinary vocabulary, different special tokens"  # token_map.py
+    # A third case, DIFFERENT ("different vocabularies": cross-tokenizer distillation), belongs
+    # here with its own branch in ``check_compatible``; until then it is refused there.
+
+
+@dataclass(frozen=True)
+class Compatibility:
+    relation: Relation
+    notes: list[str] = field(default_factory=list)
+
+
+def relation(teacher_fp: TokenizerFingerprint, student_fp: TokenizerFingerprint) -> Relation | None:
+    """SAME, SAME_ORDINARY, or None when the ordinary vocabularies differ."""
+    if teacher_fp.vocab_sha != student_fp.vocab_sha:
+        return None
+    same_specials = (teacher_fp.added_sha == student_fp.added_sha
+                     and teacher_fp.vocab_size == student_fp.vocab_size)
+    return Relation.SAME if same_specials else Relation.SAME_ORDINARY
+
+
+def check_compatible(teacher: Any, student: Any, allow_mismatch: bool = False) -> Compatibility:
     """Refuse (TokenizerMismatch) when cached teacher ids would mean other tokens to the student.
 
-    Returns notes on harmless differences (or, with ``allow_mismatch``, on the refused ones).
+    SAME: nothing to do. SAME_ORDINARY: the specials differ; the caller maps or folds them
+    (token_map.plan) and the notes say so. Different ordinary vocabularies are refused (or,
+    with ``allow_mismatch``, reported in the notes).
     """
     teacher_fp, student_fp = fingerprint(teacher), fingerprint(student)
     names = f"teacher tokenizer {teacher_fp.name!r} and student tokenizer {student_fp.name!r}"
+    found = relation(teacher_fp, student_fp)
     problems, notes = [], []
-    if teacher_fp.vocab_sha != student_fp.vocab_sha:
+    if found is None:
         problems.append(_vocab_difference(teacher, student))
     end = student_fp.special.get("eos")
     if end is None:
         problems.append(f"student tokenizer {student_fp.name!r} has no EOS token to end targets")
-    else:
-        end_token, end_id = end
-        teacher_token = teacher.convert_ids_to_tokens(end_id) if end_id < len(teacher) else None
-        if teacher_token != end_token:
-            problems.append(
-                f"the student's end-of-target id {end_id} is {end_token!r}, "
-                f"but the teacher reads id {end_id} as {teacher_token!r}"
-            )
-        teacher_end = teacher_fp.special.get("eos")
-        if teacher_end is not None and teacher_end[1] != end_id:
-            notes.append(
-                f"the teacher ends its own turns with {teacher_end[0]!r} (id {teacher_end[1]}), "
-                f"the student's targets end with {end_token!r} (id {end_id})"
-            )
-    if teacher_fp.added_sha != student_fp.added_sha:
-        notes.append("their added/special tokens differ (each side builds its own prompt)")
     if problems and not allow_mismatch:
         raise TokenizerMismatch(
             f"{names} disagree on token ids:\n  - "
@@ -113,7 +126,15 @@ def check_compatible(teacher: Any, student: Any, allow_mismatch: bool = False) -
             "teacher that shares the student's tokenizer (cross-tokenizer distillation through "
             "the pipeline, i.e. teacher.allow_tokenizer_mismatch, is not supported yet)."
         )
-    return problems + notes
+    if found is Relation.SAME_ORDINARY:
+        notes.append(f"{names}: {found.value} (ends mapped, one-sided specials folded)")
+        teacher_end = teacher_fp.special.get("eos")
+        if end is not None and teacher_end is not None and teacher_end != end:
+            notes.append(
+                f"the teacher ends its turns with {teacher_end[0]!r} (id {teacher_end[1]}), "
+                f"the student's targets end with {end[0]!r} (id {end[1]}): mapped"
+            )
+    return Compatibility(found or Relation.SAME_ORDINARY, problems + notes)
 
 
 def _vocab_difference(teacher: Any, student: Any) -> str:

@@ -24,11 +24,18 @@ from teachers.backends.base import (
     TeacherRequest,
     TeacherResult,
 )
-from teachers.cache.format import CachedSample, CacheMeta
+from teachers.cache.format import CachedSample, CacheMeta, rest_from_topk
 from teachers.cache.reader import open_cache, read_meta
 from teachers.cache.writer import META_NAME, CacheMetaMismatch, CacheWriter
-from teachers.fingerprint import check_compatible, fingerprint
-from teachers.prompts import check_templates, prompt_ids, split_rationale, template_hash
+from teachers.fingerprint import Relation, check_compatible, fingerprint
+from teachers.prompts import (
+    check_templates,
+    closes_reasoning,
+    prompt_ids,
+    split_rationale,
+    template_hash,
+)
+from teachers.token_map import TokenMap, TokenMapError, plan
 
 
 @dataclass
@@ -147,9 +154,23 @@ def stop_ids(teacher, tokenizer) -> list[int]:
     return sorted({int(i) for i in ids})
 
 
-def build_meta(recipe, teacher_tok, student_tok, vocab_size: int) -> CacheMeta:
+def build_token_map(teacher, teacher_tok, student_tok, relation: Relation, vocab: int) -> TokenMap:
+    """Identity for the same vocabulary; else the teacher's ends mapped, its own specials folded."""
+    from distill.data.targets import end_token_id
+
+    end = end_token_id(student_tok)
+    if relation is Relation.SAME:
+        return TokenMap(len(student_tok), end)
+    return plan(teacher_tok, student_tok, end, extra_end_ids=stop_ids(teacher, teacher_tok),
+                teacher_vocab=vocab)
+
+
+def build_meta(recipe, teacher_tok, student_tok, vocab_size: int,
+               token_map: TokenMap | None = None) -> CacheMeta:
     teacher = recipe.teacher
-    generate = teacher.mode == "generate"
+    modes = {teacher.mode, *teacher.task_modes.values()}
+    generate = "generate" in modes
+    closed = "score" in modes and closes_reasoning(teacher_tok, teacher.reasoning)
     return CacheMeta(
         teacher=teacher.model if not teacher.gguf_file else f"{teacher.model}/{teacher.gguf_file}",
         teacher_revision=teacher.revision,
@@ -159,10 +180,14 @@ def build_meta(recipe, teacher_tok, student_tok, vocab_size: int) -> CacheMeta:
         k=teacher.top_k,
         logprob_mode=teacher.logprob_mode,
         temperature=float(teacher.temperature),
-        prompt_template_hash=template_hash(teacher.prompts, getattr(teacher_tok, "chat_template", None)),
+        prompt_template_hash=template_hash(
+            teacher.prompts, getattr(teacher_tok, "chat_template", None), closed
+        ),
         vocab_size=vocab_size,
         max_new_tokens=teacher.max_new_tokens if generate else None,
         rationale_as_target=bool(teacher.rationale_as_target) if generate else False,
+        token_map=token_map.meta() if token_map is not None else {},
+        task_modes=dict(sorted(teacher.task_modes.items())),
     )
 
 
@@ -200,11 +225,16 @@ class Job:
         check_templates(self.teacher.prompts, {r["task"] for r in records})
         self.teacher_tok = teacher_tokenizer(self.teacher)
         self.student_tok = student_tokenizer(self.recipe)
-        self.summary.notes += check_compatible(
+        compatibility = check_compatible(
             self.teacher_tok, self.student_tok, self.teacher.allow_tokenizer_mismatch
         )
+        self.summary.notes += compatibility.notes
         vocab = teacher_vocab_size(self.teacher, self.teacher_tok)
-        self.meta = build_meta(self.recipe, self.teacher_tok, self.student_tok, vocab)
+        self.token_map = build_token_map(self.teacher, self.teacher_tok, self.student_tok,
+                                         compatibility.relation, vocab)
+        self.summary.notes += self.token_map.describe()
+        self.meta = build_meta(self.recipe, self.teacher_tok, self.student_tok, vocab,
+                               self.token_map)
         stored: set[str] = set()
         if (self.cache_dir / META_NAME).exists():
             problems = read_meta(self.cache_dir).differences(self.meta)
@@ -251,7 +281,7 @@ class Job:
         try:
             await backend.start()  # TeacherUnavailable here: nothing has been written
             settings = None
-            if self.teacher.mode == "generate":
+            if self.meta.max_new_tokens is not None:  # some task generates
                 settings = GenerationSettings(
                     max_new_tokens=self.teacher.max_new_tokens,
                     temperature=self.teacher.temperature,
@@ -272,11 +302,12 @@ class Job:
             await backend.aclose()
 
     def _requests(self, todo: list[dict], max_len: int | None) -> Iterator[TeacherRequest]:
-        scoring = self.teacher.mode == "score"
         for record in todo:
             sample_id = record["id"]
+            scoring = self.meta.mode_for(record["task"]) == "score"
             try:
-                prompt = prompt_ids(self.teacher_tok, record, self.teacher.prompts)
+                reasoning = self.teacher.reasoning if scoring else "none"  # generate: it thinks
+                prompt = prompt_ids(self.teacher_tok, record, self.teacher.prompts, reasoning)
             except Exception as err:  # noqa: BLE001 - a bad record is a failure, not a crash
                 self.summary.failures[sample_id] = f"prompt: {err}"
                 continue
@@ -285,13 +316,26 @@ class Job:
                 if not record.get("text"):
                     self.summary.failures[sample_id] = "no target text to score"
                     continue
-                response = self.encode_target(self.student_tok, record["text"])
+                response = self._teacher_side(self.encode_target(self.student_tok, record["text"]))
             # A score request asks for max_tokens=1, which vLLM counts against max_model_len too.
             length = len(prompt) + (len(response) + 1 if response else self.teacher.max_new_tokens)
             if max_len and length > max_len:
                 self.summary.failures[sample_id] = f"longer than the teacher's max_model_len ({max_len})"
                 continue
             yield TeacherRequest(sample_id, prompt, response)
+
+    def _teacher_side(self, target: list[int]) -> list[int]:
+        """The student's target as the teacher is fed it: its last id (the student's end, which
+        the teacher may lack) becomes the teacher's own end. No scored row sees that input."""
+        end = self.teacher_tok.eos_token_id
+        if self.token_map.identity or end is None or target[-1] != self.token_map.student_end:
+            return target
+        return [*target[:-1], int(end)]
+
+    def _rows(self, ids, logprobs) -> tuple:
+        """Teacher rows -> (ids, logprobs, rest) in student ids; rest from the unrounded values."""
+        rest = rest_from_topk(logprobs)
+        return self.token_map.apply_rows(ids, logprobs, rest, self.meta.logprob_floor)
 
     def _store(self, writer: CacheWriter, result: TeacherResult, record: dict) -> None:
         if not result.ok:
@@ -300,17 +344,19 @@ class Job:
         try:
             sample = self._sample(result, record)
             writer.add(result.sample_id, sample)
-        except ValueError as err:
+        except (ValueError, TokenMapError) as err:
             self.summary.failures[result.sample_id] = str(err)
             return
         self.summary.written += 1
         self.summary.tokens += len(sample.response_ids)
 
     def _sample(self, result: TeacherResult, record: dict) -> CachedSample:
-        if self.teacher.mode == "score":
-            return CachedSample(
-                result.response_ids, result.topk_ids, result.topk_logprobs, None, record.get("text")
-            )
+        if self.meta.mode_for(record["task"]) == "score":
+            target = self.encode_target(self.student_tok, record["text"])
+            if len(target) != len(result.response_ids):
+                raise ValueError(f"{len(result.response_ids)} scored rows for {len(target)} targets")
+            ids, logprobs, rest = self._rows(result.topk_ids, result.topk_logprobs)
+            return CachedSample(target, ids, logprobs, None, record.get("text"), rest)
         if result.finish_reason == "length":
             raise ValueError(f"the teacher stopped at max_new_tokens ({self.teacher.max_new_tokens})")
         ids = [int(i) for i in result.response_ids]
@@ -323,10 +369,9 @@ class Job:
         text = self.teacher_tok.decode(answer, skip_special_tokens=True).strip()
         if not text:  # e.g. "</think>" then only the end token
             raise ValueError("the teacher's answer is empty")
-        return CachedSample(
-            result.response_ids[start:], result.topk_ids[start:], result.topk_logprobs[start:],
-            rationale, text,
-        )
+        response = self.token_map.map_response(result.response_ids[start:])
+        ids, logprobs, rest = self._rows(result.topk_ids[start:], result.topk_logprobs[start:])
+        return CachedSample(response, ids, logprobs, rationale, text, rest)
 
     def _bar(self, total: int):
         from tqdm import tqdm

@@ -80,8 +80,18 @@ def messages_for(record: Mapping[str, Any], prompts: Mapping[str, Any]) -> list[
     return messages
 
 
-def prompt_ids(tokenizer: Any, record: Mapping[str, Any], prompts: Mapping[str, Any]) -> list[int]:
-    """The teacher's prompt as token ids, ending where the assistant's answer starts."""
+def prompt_ids(
+    tokenizer: Any,
+    record: Mapping[str, Any],
+    prompts: Mapping[str, Any],
+    reasoning: str = "none",
+    rationale: str | None = None,
+) -> list[int]:
+    """The teacher's prompt as token ids, ending where the assistant's answer starts.
+
+    ``reasoning`` (score mode, see ``reasoning_suffix``): "closed" or "auto" end the prompt after
+    a closed think block, so the scored answer sits where a reasoning teacher writes answers.
+    """
     encoded = tokenizer.apply_chat_template(
         messages_for(record, prompts), tokenize=True, add_generation_prompt=True
     )
@@ -89,15 +99,62 @@ def prompt_ids(tokenizer: Any, record: Mapping[str, Any], prompts: Mapping[str, 
         encoded = encoded["input_ids"]
     if encoded and isinstance(encoded[0], list):
         encoded = encoded[0]
-    return [int(i) for i in encoded]
+    return [int(i) for i in encoded] + reasoning_suffix(tokenizer, reasoning, rationale)
 
 
-def template_hash(prompts: Mapping[str, Any], chat_template: str | None) -> str:
-    """Identifies what the teacher was shown: the recipe's prompts and its chat template."""
+# ------------------------------------------------------------------------ reasoning teachers
+_PROBE = [{"role": "user", "content": "x"}]
+
+
+def opens_think_block(tokenizer: Any) -> bool:
+    """Does the chat template's generation prompt end inside an open ``<think>`` block?
+
+    R1-style templates do (``<｜Assistant｜><think>\n``): the next token the teacher writes is
+    thinking, not the answer. Read from what the generation prompt adds to a probe chat.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return False
+    with_prompt = tokenizer.apply_chat_template(_PROBE, tokenize=False, add_generation_prompt=True)
+    without = tokenizer.apply_chat_template(_PROBE, tokenize=False, add_generation_prompt=False)
+    added = with_prompt[len(without):] if with_prompt.startswith(without) else with_prompt
+    opened = added.rfind(THINK_OPEN)
+    return opened >= 0 and THINK_CLOSE not in added[opened:]
+
+
+def closes_reasoning(tokenizer: Any, reasoning: str) -> bool:
+    """Resolve ``teacher.reasoning``: "auto" closes only for templates that open a think block."""
+    if reasoning not in ("auto", "closed", "none"):
+        raise PromptError(f"teacher.reasoning: expected auto, closed or none, got {reasoning!r}")
+    return reasoning == "closed" or (reasoning == "auto" and opens_think_block(tokenizer))
+
+
+def reasoning_suffix(tokenizer: Any, reasoning: str, rationale: str | None = None) -> list[int]:
+    """Ids that close the reasoning block after the generation prompt (empty list: none).
+
+    R1 writes ``<think>\n{rationale}\n</think>\n\n{answer}``; an empty rationale gives
+    ``<think>\n\n</think>\n\n``. The opening tag comes from the template when it opens the
+    block, else from here. ``rationale``: the teacher's cached thinking (generate-then-score).
+    Tokenised on its own (the prompt ends at a special token or a newline), so the ids are the
+    ones the teacher would have written.
+    """
+    if not closes_reasoning(tokenizer, reasoning):
+        return []
+    body = (rationale or "").strip()
+    text = ("" if opens_think_block(tokenizer) else f"{THINK_OPEN}\n")
+    text += (f"{body}\n" if body else "\n") + f"{THINK_CLOSE}\n\n"
+    return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+
+def template_hash(prompts: Mapping[str, Any], chat_template: str | None, closed: bool = False) -> str:
+    """Identifies what the teacher was shown: the recipe's prompts, its chat template, and
+    whether score prompts end with a closed reasoning block."""
     plain = {
         task: {"system": _get(p, "system"), "user": _get(p, "user")} for task, p in prompts.items()
     }
-    blob = json.dumps({"prompts": plain, "chat_template": chat_template or ""}, sort_keys=True)
+    shown = {"prompts": plain, "chat_template": chat_template or ""}
+    if closed:  # absent otherwise, so caches made before this setting keep their hash
+        shown["closed_reasoning"] = True
+    blob = json.dumps(shown, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
 
 

@@ -8,10 +8,12 @@ Why: every divergence is then one formula over aligned rows, whatever the teache
 - top-k teacher, tail "bucket": k kept ids plus one "rest" category (teacher 1 - sum p,
   student: the mass of every other id). T tempers the k+1 coarse categories on both sides:
   c^(1/T) renormalised. This is exact at T=1 and keeps "equal inputs give zero loss" at any T.
-  Caveat: at T > 1 a small rest is amplified (r^(1/T)), rounding noise in a low-precision
-  cache included. The rest mass is floored at MIN_REST_MASS on both sides so neither KL
-  direction can be infinite when one side's kept ids hold all the mass (e.g. rounding in
-  cached log-probs). When k equals the vocab there is no rest, and bucket equals dense.
+  The teacher's rest is TopKTargets.rest when given (the cache stores it from the unrounded
+  log-probs), else 1 - sum p, which rounding in cached log-probs can push to 0 while the true
+  rest is several percent: at T > 1 a small rest is amplified (r^(1/T)), so a student equal
+  to the teacher would pay for the rounding. The rest mass is floored at MIN_REST_MASS on both
+  sides so neither KL direction can be infinite when one side's kept ids hold all the mass.
+  When k equals the vocab there is no rest, and bucket equals dense.
 """
 
 import math
@@ -47,13 +49,24 @@ def aligned_log_probs(
         )
     student_kept, student_rest = kept_and_rest_log_probs(student_logits, ids)
     student = torch.cat([student_kept, student_rest.unsqueeze(-1)], dim=-1)
-    teacher_rows = torch.cat([teacher_kept, rest_log_mass(teacher_kept).unsqueeze(-1)], dim=-1)
+    teacher_rows = torch.cat([teacher_kept, teacher_rest_log_mass(teacher, dtype=student_logits.dtype).unsqueeze(-1)], dim=-1)
     return temper(student, temperature), temper(teacher_rows, temperature)
 
 
 def temper(log_probs: Tensor, temperature: float) -> Tensor:
     """p^(1/T) renormalised, in log space."""
     return F.log_softmax(log_probs / temperature, dim=-1)
+
+
+def teacher_rest_log_mass(
+    teacher: TopKTargets, min_rest: float = MIN_REST_MASS, dtype: torch.dtype | None = None
+) -> Tensor:
+    """log of the teacher's mass outside its top-k [n]: the stored rest, else 1 - sum p."""
+    kept = teacher.logprobs.detach().to(dtype or teacher.logprobs.dtype)
+    if teacher.rest is None:
+        return rest_log_mass(kept, min_rest)
+    rest = teacher.rest.detach().to(kept.dtype)
+    return rest.clamp(min=math.log(min_rest)) if min_rest > 0 else rest
 
 
 def rest_log_mass(kept_log_probs: Tensor, min_rest: float = MIN_REST_MASS) -> Tensor:

@@ -54,11 +54,12 @@ def mixed_loss(
     ce_weight: float = 1.0,
     kd_weight: float = 1.0,
     extra: Mapping[str, tuple[Tensor, float]] | None = None,
-    num_items: float | Tensor | None = None,
+    num_items: float | Tensor | Mapping[str, float] | None = None,
 ) -> MixedLossOutput:
     """ce_weight * CE + kd_weight * KD + sum(weight * extra). kd_loss brings the divergence,
-    temperature, tail mode, ignore_index and chunk size. Extra terms are added as given (not
-    divided by num_items): reduce them yourself."""
+    temperature, tail mode, ignore_index and chunk size. num_items: one count for both terms,
+    or {"ce": n, "kd": m} to divide each by its own (see reduction.py). Extra terms are added
+    as given (not divided by num_items): reduce them yourself."""
     n_rows, vocab = student_shape(student)
     terms = {
         "ce": (ce_row_loss(labels, n_rows, vocab, kd_loss.ignore_index), ce_weight),
@@ -98,7 +99,7 @@ class MixedLoss(nn.Module):
         labels: Tensor,
         *,
         step: int | None = None,
-        num_items: float | Tensor | None = None,
+        num_items: float | Tensor | Mapping[str, float] | None = None,
         extra: Mapping[str, tuple[Tensor, Schedule]] | None = None,
     ) -> MixedLossOutput:
         extra = {name: (value, resolve(w, step)) for name, (value, w) in (extra or {}).items()}

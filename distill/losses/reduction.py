@@ -6,6 +6,8 @@ reduction are identical for every loss, and gradient accumulation is only exact 
 Reduction: sum over target rows / num_items. num_items defaults to this call's target count
 (a plain mean). For gradient accumulation pass the full batch's target count to every
 micro-batch: the sum of the micro-batch losses (and gradients) then equals the full batch's.
+num_items may also be a mapping {term name: count}: each term is then divided by its own count
+(the trainer divides KD by the tokens that have a teacher row, CE by all target tokens).
 """
 
 from collections.abc import Mapping
@@ -29,10 +31,11 @@ def reduce_row_losses(
     labels: Tensor | None,
     *,
     ignore_index: int,
-    num_items: float | Tensor | None,
+    num_items: float | Tensor | Mapping[str, float] | None,
     chunk_size: int,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """(weighted total, {name: unweighted detached value}), both divided by num_items.
+    """(weighted total, {name: unweighted detached value}), both divided by num_items
+    (one count for every term, or a {term name: count} mapping).
 
     labels must already be flattened to one per student row (see targets.check_labels).
     """
@@ -42,14 +45,28 @@ def reduce_row_losses(
     row_ids, n_valid = target_rows(labels, ignore_index)
     n_valid = n_rows if n_valid is None else n_valid
     row_losses = [loss for loss, _ in terms.values()]
+    if isinstance(num_items, Mapping):
+        missing = sorted(set(terms) - set(num_items))
+        if missing:
+            raise ValueError(f"num_items: no count for term(s) {', '.join(missing)}")
+        # Per-term counts: folded into the weights, so the one pass yields the right gradient.
+        denominators = [float(_denominator(num_items[name], n_valid)) for name in terms]
+        weights = [float(w) / d for (_, w), d in zip(terms.values(), denominators, strict=True)]
+        total, sums = _run(student, row_losses, weights, row_ids, chunk_size)
+        parts = {name: value / d
+                 for name, value, d in zip(terms, sums.unbind(0), denominators, strict=True)}
+        return total, parts
     weights = [float(weight) for _, weight in terms.values()]
-    if isinstance(student, HiddenStates):
-        total, sums = chunked_lm_head_loss(student, row_losses, weights, row_ids, chunk_size)
-    else:
-        total, sums = _logits_loss(student, row_losses, weights, row_ids)
+    total, sums = _run(student, row_losses, weights, row_ids, chunk_size)
     denominator = _denominator(num_items, n_valid)
     parts = {name: value / denominator for name, value in zip(terms, sums.unbind(0), strict=True)}
     return total / denominator, parts
+
+
+def _run(student, row_losses, weights, row_ids, chunk_size) -> tuple[Tensor, Tensor]:
+    if isinstance(student, HiddenStates):
+        return chunked_lm_head_loss(student, row_losses, weights, row_ids, chunk_size)
+    return _logits_loss(student, row_losses, weights, row_ids)
 
 
 def _logits_loss(logits, row_losses, weights, row_ids) -> tuple[Tensor, Tensor]:

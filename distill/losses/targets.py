@@ -16,10 +16,14 @@ class TopKTargets(NamedTuple):
 
     ids: token ids [..., k], distinct within a row. logprobs: [..., k], the teacher's
     log-softmax at T=1 over its full vocabulary, so exp(logprobs) sums to at most 1.
+    rest: [...] optional log of the mass outside the top-k, as the teacher had it (the cache
+    stores it). Without it the "bucket" tail takes 1 - sum(exp(logprobs)), which quantised
+    log-probs can push to 0 (or below) while the true rest is several percent.
     """
 
     ids: Tensor
     logprobs: Tensor
+    rest: Tensor | None = None
 
 
 class HiddenStates(NamedTuple):
@@ -72,7 +76,7 @@ def check_teacher(teacher: Teacher, n_rows: int, vocab: int | None) -> Teacher:
     vocab=None skips the vocabulary check (ULD compares different tokenizers).
     """
     if isinstance(teacher, TopKTargets):
-        ids, logprobs = teacher
+        ids, logprobs = teacher.ids, teacher.logprobs
         if _shape(ids) != _shape(logprobs) or ids.dim() < 1:
             raise ValueError(
                 f"TopKTargets: ids and logprobs must have the same shape [..., k], "
@@ -94,7 +98,15 @@ def check_teacher(teacher: Teacher, n_rows: int, vocab: int | None) -> Teacher:
                     f"TopKTargets.ids: expected ids in [0, {vocab}) (student vocab), "
                     f"got range [{int(ids.min())}, {int(ids.max())}]"
                 )
-        return TopKTargets(ids.reshape(-1, k), logprobs.reshape(-1, k))
+        rest = teacher.rest
+        if rest is not None:
+            if _shape(rest) != _shape(ids)[:-1]:
+                raise ValueError(
+                    f"TopKTargets.rest: expected shape {_shape(ids)[:-1]} (one per row), "
+                    f"got {_shape(rest)}"
+                )
+            rest = rest.reshape(-1)
+        return TopKTargets(ids.reshape(-1, k), logprobs.reshape(-1, k), rest)
     if not isinstance(teacher, Tensor) or teacher.dim() < 2:
         raise ValueError(
             "teacher: expected logits [..., V] or TopKTargets(ids, logprobs), "
@@ -136,5 +148,6 @@ def target_rows(labels: Tensor | None, ignore_index: int) -> tuple[Tensor | None
 def take_rows(teacher: Teacher, rows: slice | Tensor) -> Teacher:
     """The teacher's rows for one chunk (a view for slices)."""
     if isinstance(teacher, TopKTargets):
-        return TopKTargets(teacher.ids[rows], teacher.logprobs[rows])
+        rest = None if teacher.rest is None else teacher.rest[rows]
+        return TopKTargets(teacher.ids[rows], teacher.logprobs[rows], rest)
     return teacher[rows]

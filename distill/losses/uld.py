@@ -8,7 +8,8 @@ From cached top-k (k ids of the TEACHER's vocab, so they are never looked up in 
 student's): the student side is its own top-k.
 - renorm: both top-k renormalised, k categories.
 - bucket: both top-k plus a rest category (mass outside each side's own top-k), tempered as
-  k+1 coarse categories like the KD bucket (see alignment.py); rests are compared to rests.
+  k+1 coarse categories like the KD bucket (see alignment.py); rests are compared to rests
+  (the teacher's stored rest when the cache has one).
   No floor on the rests: L1 takes no logarithm, so an empty rest is simply 0.
 Temperature: softmax(logits / T) for dense, p^(1/T) renormalised for the cached top-k.
 """
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.losses.alignment import kept_and_rest_log_probs, rest_log_mass, temper
+from distill.losses.alignment import kept_and_rest_log_probs, teacher_rest_log_mass, temper
 from distill.losses.chunked import RowLoss
 from distill.losses.targets import Teacher, TopKTargets, check_teacher, take_rows
 from distill.losses.terms import check_options, temperature_scale
@@ -77,6 +78,6 @@ def sorted_probs(
         student_kept = F.pad(student_kept, (0, k - vocab), value=float("-inf"))
         student_rest = torch.full_like(student_kept[:, 0], float("-inf"))
     student = torch.cat([student_kept, student_rest.unsqueeze(-1)], dim=-1)
-    teacher_rest = rest_log_mass(teacher_kept, min_rest=0.0)
+    teacher_rest = teacher_rest_log_mass(teacher, min_rest=0.0, dtype=student_logits.dtype)
     teacher_rows = torch.cat([teacher_kept, teacher_rest.unsqueeze(-1)], dim=-1)
     return temper(student, temperature).exp(), temper(teacher_rows, temperature).exp()

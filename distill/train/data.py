@@ -4,10 +4,12 @@ Why keyed by (epoch, index): a sample's augmentation and instruction are drawn f
 epoch, and the order from (seed, epoch), so a resumed run reads exactly the batches an
 uninterrupted one would have, whatever the number of workers.
 
-The teacher cache is joined by sample id. In score mode the cached response ids must equal the
-student's tokenised target (else a clear error naming the id); in generate mode the teacher's
-response becomes the target. A sample without cached targets is an error, or CE-only when the
-recipe allows it (counted).
+The teacher cache is joined by sample id; its mode is per task (cache meta). In score mode the
+cached response ids must equal the student's tokenised target (else a clear error naming the
+id). In generate mode the teacher's answer carries the KD rows, and ``teacher.generate_ce_target``
+says what CE trains on: the teacher's answer (CE + KD on one sequence), the reference (a second
+sequence of the same sample, CE only; the answer's rows KD only), or both. A sample without cached
+targets is an error, or CE-only when the recipe allows it (counted).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class Example:
     target_ids: list[int]
     teacher_ids: np.ndarray | None = None  # [T, k] aligned with target_ids
     teacher_logprobs: np.ndarray | None = None
+    teacher_rest: np.ndarray | None = None  # [T] log mass outside the top-k (None: old cache)
+    ce: bool = True  # CE on these target rows (False: a generate-mode answer with CE elsewhere)
 
 
 @dataclass
@@ -95,7 +99,8 @@ class TrainingSet(Dataset):
         self.loader = AudioLoader.from_config(recipe.data.audio)
         use_augment = recipe.data.augment.enabled if augment is None else augment
         self.augmenter = Augmenter.from_config(recipe.data.augment) if use_augment else None
-        self.mode = cache.meta.mode if cache is not None else None
+        self.meta = cache.meta if cache is not None else None
+        self.ce_target = recipe.teacher.generate_ce_target
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -107,7 +112,7 @@ class TrainingSet(Dataset):
         source = int(np.searchsorted(self.offsets, index, side="right") - 1)
         return self.manifests[source][int(index - self.offsets[source])]
 
-    def __getitem__(self, key: tuple[int, int]) -> Example | Skipped:
+    def __getitem__(self, key: tuple[int, int]) -> Example | list[Example] | Skipped:
         epoch, index = key
         record = self.record(index)
         sample_id = record["id"]
@@ -123,7 +128,7 @@ class TrainingSet(Dataset):
         )
         return self._with_targets(record, Example(sample_id, waveform, instruction, []))
 
-    def _with_targets(self, record: dict, example: Example) -> Example:
+    def _with_targets(self, record: dict, example: Example) -> Example | list[Example]:
         encode = self.processor.encode_targets
         expected = encode([record["text"]], None)[0]
         if self.cache is None:
@@ -139,7 +144,8 @@ class TrainingSet(Dataset):
             )
         cached = self.cache.get(record["id"])
         response = encode(None, [cached.response_ids.tolist()])[0]
-        if self.mode == "score" and response != expected:
+        score = self.meta.mode_for(record["task"]) == "score"
+        if score and response != expected:
             raise TrainingDataError(
                 f"sample {record['id']!r}: cached response ids differ from the student's "
                 f"tokenised target ({len(response)} vs {len(expected)} ids, first difference at "
@@ -149,7 +155,13 @@ class TrainingSet(Dataset):
         example.target_ids = response
         example.teacher_ids = cached.topk_ids[: len(response)]
         example.teacher_logprobs = cached.topk_logprobs[: len(response)]
-        return example
+        if cached.rest_logprobs is not None:
+            example.teacher_rest = cached.rest_logprobs[: len(response)]
+        if score or self.ce_target == "teacher_answer":
+            return example
+        example.ce = self.ce_target == "both"
+        reference = Example(example.sample_id, example.waveform, example.instruction, expected)
+        return [example, reference]
 
 
 class EpochSampler(Sampler):
@@ -186,7 +198,9 @@ class Batch:
     sample_ids: list[str]
     teacher_ids: torch.Tensor | None  # [rows with a teacher, k]
     teacher_logprobs: torch.Tensor | None
+    teacher_rest: torch.Tensor | None  # [rows with a teacher] or None (a version-1 cache)
     has_teacher: torch.Tensor  # [total target tokens] bool, in label order
+    has_ce: torch.Tensor  # [total target tokens] bool: rows CE trains on
     num_target_tokens: int
     num_with_teacher: int  # examples that had cached targets
     skipped: list[Skipped]
@@ -197,24 +211,28 @@ class Collator:
     def __init__(self, processor):
         self.processor = processor
 
-    def __call__(self, items: list[Example | Skipped]) -> Batch:
-        examples = [x for x in items if isinstance(x, Example)]
-        skipped = [x for x in items if isinstance(x, Skipped)]
+    def __call__(self, items: list[Example | list[Example] | Skipped]) -> Batch:
+        flat = [x for item in items for x in (item if isinstance(item, list) else [item])]
+        examples = [x for x in flat if isinstance(x, Example)]
+        skipped = [x for x in flat if isinstance(x, Skipped)]
         if not examples:
-            return Batch({}, [], None, None, torch.zeros(0, dtype=torch.bool), 0, 0, skipped,
-                         len(items))
+            empty = torch.zeros(0, dtype=torch.bool)
+            return Batch({}, [], None, None, None, empty, empty, 0, 0, skipped, len(items))
         inputs = self.processor([e.waveform for e in examples], [e.instruction for e in examples],
                                 target_ids=[e.target_ids for e in examples])
         has_teacher = torch.cat([
             torch.full((len(e.target_ids),), e.teacher_ids is not None) for e in examples
         ])
+        has_ce = torch.cat([torch.full((len(e.target_ids),), e.ce) for e in examples])
         with_teacher = [e for e in examples if e.teacher_ids is not None]
-        ids = logprobs = None
+        ids = logprobs = rest = None
         if with_teacher:
             ids = torch.from_numpy(np.concatenate([e.teacher_ids for e in with_teacher]))
             logprobs = torch.from_numpy(np.concatenate([e.teacher_logprobs for e in with_teacher]))
-        return Batch(inputs, [e.sample_id for e in examples], ids, logprobs, has_teacher,
-                     int(has_teacher.numel()), len(with_teacher), skipped, len(items))
+            if all(e.teacher_rest is not None for e in with_teacher):  # one cache: all or none
+                rest = torch.from_numpy(np.concatenate([e.teacher_rest for e in with_teacher]))
+        return Batch(inputs, [e.sample_id for e in examples], ids, logprobs, rest, has_teacher,
+                     has_ce, int(has_teacher.numel()), len(with_teacher), skipped, len(items))
 
 
 def open_teacher_cache(recipe: Recipe, tokenizer):

@@ -37,6 +37,7 @@ from distill.losses import (
     TotalVariation,
     linear_ramp,
 )
+from distill.losses.mixed import resolve
 from distill.losses.modules import CrossEntropy
 from distill.train.card import run_card_context
 from distill.train.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
@@ -174,7 +175,19 @@ class Trainer:
             yield batch, epoch, position
 
     # ---------------------------------------------------------------------------- loss
-    def _step_loss(self, batch: Batch, num_items: float) -> tuple[torch.Tensor, dict]:
+    def _step_loss(self, batch: Batch, num_items: dict[str, float]) -> tuple[torch.Tensor, dict]:
+        """This micro-batch's share of the step's loss.
+
+        Each term is normalised by its own count over the whole optimizer step (all micro-batches
+        and processes), so a step's loss is the same whatever the split: CE by every target token
+        (``num_items["ce"]``), KD by the target tokens that have a teacher row
+        (``num_items["kd"]``). CE-only samples (no cached targets) thus add CE tokens without
+        diluting KD: KD stays the mean divergence per teacher token at its configured weight.
+        With ``teacher.generate_ce_target: reference`` a generate-mode sample brings two
+        sequences: the teacher's answer (KD rows, no CE) and the reference (CE rows only).
+        The MoE balance loss is a per-forward value; it is divided by the number of micro-batches
+        so one step weighs it once, as with a single big batch.
+        """
         out = self.student(batch.inputs)
         rows = out.labels != -100
         hidden = out.hidden_states[rows]
@@ -184,23 +197,45 @@ class Trainer:
         unwrapped = self.accelerator.unwrap_model(self.student)
         weight, bias = unwrapped.lm_head_weight, unwrapped.lm_head_bias
         has_teacher = batch.has_teacher.to(labels.device)
+        has_ce = batch.has_ce.to(labels.device)
         total = hidden.new_zeros((), dtype=torch.float32)
         parts: dict[str, float] = {}
         extra = {}
-        if out.balance_loss is not None:
-            extra["moe_balance"] = (out.balance_loss, 1.0)  # already weighted by the student
+        if out.balance_loss is not None:  # already weighted by the student
+            extra["moe_balance"] = (out.balance_loss / self.recipe.train.grad_accumulation, 1.0)
         if has_teacher.any():
             teacher = TopKTargets(batch.teacher_ids.to(labels.device),
-                                  batch.teacher_logprobs.to(labels.device))
-            mixed = self.loss(HiddenStates(hidden[has_teacher], weight, bias), teacher,
-                              labels[has_teacher], step=self.progress.step, num_items=num_items,
-                              extra=extra)
-            total = total + mixed.total
-            parts.update({k: float(v) for k, v in mixed.parts.items()})
+                                  batch.teacher_logprobs.to(labels.device),
+                                  None if batch.teacher_rest is None
+                                  else batch.teacher_rest.to(labels.device))
+            both = has_ce[has_teacher]  # teacher rows that CE trains on too
+            if both.all():  # CE and KD share each chunk's logits: one pass
+                mixed = self.loss(HiddenStates(hidden[has_teacher], weight, bias), teacher,
+                                  labels[has_teacher], step=self.progress.step,
+                                  num_items={"ce": num_items["ce"], "kd": num_items["kd"]},
+                                  extra=extra)
+                total = total + mixed.total
+                parts.update({k: float(v) for k, v in mixed.parts.items()})
+            else:  # generate mode with CE on the reference: some teacher rows are KD only
+                kd_weight = resolve(self.loss.kd_weight, self.progress.step)
+                kd = self.loss.kd_loss(HiddenStates(hidden[has_teacher], weight, bias), teacher,
+                                       labels[has_teacher], num_items=num_items["kd"])
+                total = total + kd_weight * kd
+                parts["kd"] = float(kd)
+                ce_rows = has_teacher & has_ce
+                if ce_rows.any():
+                    ce = self.ce_only_loss(HiddenStates(hidden[ce_rows], weight, bias),
+                                           labels[ce_rows], num_items=num_items["ce"])
+                    total = total + resolve(self.loss.ce_weight, self.progress.step) * ce
+                    parts["ce"] = float(ce)
+                for name, (value, w) in extra.items():
+                    total = total + w * value
+                    parts[name] = float(value)
             extra = {}
-        if (~has_teacher).any():
-            ce = self.ce_only_loss(HiddenStates(hidden[~has_teacher], weight, bias),
-                                   labels[~has_teacher], num_items=num_items)
+        ce_only = ~has_teacher & has_ce
+        if ce_only.any():
+            ce = self.ce_only_loss(HiddenStates(hidden[ce_only], weight, bias),
+                                   labels[ce_only], num_items=num_items["ce"])
             total = total + self.recipe.loss.ce_weight * ce
             parts["ce_only"] = float(ce)
             for name, (value, w) in extra.items():
@@ -211,10 +246,15 @@ class Trainer:
     # ---------------------------------------------------------------------------- step
     def _optimizer_step(self, batches: list[Batch]) -> dict:
         acc = self.accelerator
-        tokens = torch.tensor(float(sum(b.num_target_tokens for b in batches)), device=acc.device)
-        global_tokens = float(acc.reduce(tokens, reduction="sum"))
-        # Each process divides by the global count; DDP averages over processes, so scale back.
-        num_items = global_tokens / acc.num_processes
+        counts = torch.tensor([float(sum(b.num_target_tokens for b in batches)),
+                               float(sum(int(b.has_ce.sum()) for b in batches)),
+                               float(sum(int(b.has_teacher.sum()) for b in batches))],
+                              device=acc.device)
+        global_tokens, global_ce, global_teacher = (
+            float(c) for c in acc.reduce(counts, reduction="sum"))
+        # Each process divides by the global counts; DDP averages over processes, so scale back.
+        num_items = {"ce": max(global_ce, 1.0) / acc.num_processes,
+                     "kd": max(global_teacher, 1.0) / acc.num_processes}
         params = [p for p in self.student.parameters() if p.requires_grad]
         deepspeed = self._zero_optimizer()
         if deepspeed is not None:  # ZeRO clips inside its step: hand it this step's threshold
@@ -398,8 +438,9 @@ class Trainer:
             for _ in range(cfg.grad_accumulation):
                 batch, epoch, position = next(batches)
                 micro.append(batch)
-                self.stats.examples += len(batch.sample_ids)
-                self.stats.ce_only += len(batch.sample_ids) - batch.num_with_teacher
+                samples = len(set(batch.sample_ids))  # a reference sequence shares its id
+                self.stats.examples += samples
+                self.stats.ce_only += samples - batch.num_with_teacher
                 for skipped in batch.skipped:
                     self.stats.skipped[skipped.reason] += 1
             log = self._optimizer_step(micro)

@@ -111,7 +111,7 @@ class TeacherBackend(ABC):
     ) -> TeacherResult:
         """One request; errors specific to the sample become a failed result with the reason."""
         try:
-            if settings is None:
+            if settings is None or request.response_ids is not None:  # a response: scored
                 return await self.score(request, k)
             return await self.generate(request, k, settings)
         except TeacherUnavailable:
@@ -127,7 +127,8 @@ class TeacherBackend(ABC):
     ) -> AsyncIterator[TeacherResult]:
         """Results in completion order, at most ``max_in_flight`` requests at a time.
 
-        ``settings=None`` scores, otherwise generates. TeacherUnavailable propagates (after the
+        ``settings=None`` scores, otherwise generates the requests without a response (one run
+        may mix both: per-task teacher modes). TeacherUnavailable propagates (after the
         other requests in flight are cancelled): results already yielded stay valid.
         """
         pending: set[asyncio.Task] = set()

@@ -20,7 +20,8 @@ import numpy as np
 from distill.errors import DistillError
 
 FORMAT_NAME = "distill-teacher-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added a rest block per record (the mass outside the top-k)
+READABLE_VERSIONS = (1, 2)
 RECORD_MAGIC = b"DTC1"
 NO_TEXT = 0xFFFFFFFF  # length marker for an absent (None) text field
 
@@ -45,6 +46,9 @@ class CachedSample(NamedTuple):
     topk_logprobs: np.ndarray  # float32 [T, k]
     rationale: str | None = None
     text: str | None = None
+    # float32 [T]: log of the teacher's mass outside its top-k at each position. Written from
+    # the unrounded log-probs (computed by the writer when absent); None in version-1 caches.
+    rest_logprobs: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------------------------ meta
@@ -56,7 +60,7 @@ class CacheMeta:
     teacher_revision: str | None
     tokenizer_fingerprint: str  # the teacher's tokenizer (fingerprint.py)
     target_tokenizer_fingerprint: str  # the student's: it tokenised the score-mode targets
-    mode: str  # "score" or "generate"
+    mode: str  # "score" or "generate": the default of every task not in task_modes
     k: int
     logprob_mode: str
     temperature: float
@@ -64,6 +68,13 @@ class CacheMeta:
     vocab_size: int
     max_new_tokens: int | None = None
     rationale_as_target: bool = False
+    # teacher -> student id map applied to every row (teachers/token_map.py): {"mapped":
+    # [[teacher id, student id], ...], "folded": [teacher ids], "student_end": id}; {} = none
+    token_map: dict = dataclasses.field(default_factory=dict)
+    task_modes: dict = dataclasses.field(default_factory=dict)  # {task: mode} overrides
+
+    def mode_for(self, task: str | None) -> str:
+        return self.task_modes.get(task, self.mode) if task is not None else self.mode
     logprob_bits: int = LOGPROB_BITS
     logprob_floor: float = LOGPROB_FLOOR
     format: str = FORMAT_NAME
@@ -72,6 +83,11 @@ class CacheMeta:
     @property
     def id_bits(self) -> int:
         return id_bits_for(self.vocab_size)
+
+    @property
+    def has_rest(self) -> bool:
+        """Records carry the rest block (format version 2 on)."""
+        return self.version >= 2
 
     @property
     def codec(self) -> LogprobCodec:
@@ -90,10 +106,10 @@ class CacheMeta:
             raise CacheFormatError(f"meta record must be a JSON object, got {type(data).__name__}")
         if data.get("format") != FORMAT_NAME:
             raise CacheFormatError(f"not a {FORMAT_NAME} meta record (format={data.get('format')!r})")
-        if data.get("version") != FORMAT_VERSION:
+        if data.get("version") not in READABLE_VERSIONS:
             raise CacheFormatError(
                 f"cache format version {data.get('version')} is not supported (this code reads "
-                f"version {FORMAT_VERSION})"
+                f"versions {', '.join(map(str, READABLE_VERSIONS))})"
             )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
@@ -211,10 +227,27 @@ def encode_record(sample_id: str, sample: CachedSample, meta: CacheMeta) -> byte
         pack_uints(response, bits),
         pack_uints(topk_ids, bits),
         pack_uints(meta.codec.encode(topk_lp), meta.logprob_bits),
-        _encode_text(sample.text),
-        _encode_text(sample.rationale),
     ]
+    if meta.has_rest:
+        rest = sample.rest_logprobs
+        rest = rest_from_topk(topk_lp) if rest is None else np.asarray(rest, dtype=np.float64)
+        if rest.shape != (length,):
+            raise ValueError(f"{sample_id}: rest log-masses {list(rest.shape)} != [{length}]")
+        parts.append(pack_uints(meta.codec.encode(rest), meta.logprob_bits))
+    parts += [_encode_text(sample.text), _encode_text(sample.rationale)]
     return b"".join(parts)
+
+
+def rest_from_topk(topk_logprobs: np.ndarray) -> np.ndarray:
+    """log(1 - sum(exp(top-k))) per row [T], in float64 from the unrounded log-probs.
+
+    Why before quantisation: after rounding (up to 0.0049 nats per entry) the kept mass of a
+    peaked row can reach 1 while the true rest is several percent. A row whose kept mass is
+    1 within float precision gets log 0 = -inf, stored as the codec's floor.
+    """
+    kept = np.exp(np.asarray(topk_logprobs, dtype=np.float64)).sum(-1)
+    with np.errstate(divide="ignore"):
+        return np.log(np.clip(1.0 - kept, 0.0, 1.0))
 
 
 def decode_record(data: bytes | memoryview, meta: CacheMeta) -> tuple[str, CachedSample]:
@@ -235,7 +268,10 @@ def decode_record(data: bytes | memoryview, meta: CacheMeta) -> tuple[str, Cache
     pos += name_len
     bits = meta.id_bits
     blocks = []
-    for count, width in ((length, bits), (length * k, bits), (length * k, meta.logprob_bits)):
+    layout = [(length, bits), (length * k, bits), (length * k, meta.logprob_bits)]
+    if meta.has_rest:
+        layout.append((length, meta.logprob_bits))
+    for count, width in layout:
         size = packed_size(count, width)
         if pos + size > len(view):
             raise CacheFormatError(f"{sample_id}: record truncated")
@@ -245,13 +281,14 @@ def decode_record(data: bytes | memoryview, meta: CacheMeta) -> tuple[str, Cache
     rationale, pos = _decode_text(view, pos, sample_id)
     if pos != len(view):
         raise CacheFormatError(f"{sample_id}: {len(view) - pos} unexpected bytes after the record")
-    response, ids, codes = blocks
+    response, ids, codes = blocks[:3]
     sample = CachedSample(
         response_ids=response,
         topk_ids=ids.reshape(length, k),
         topk_logprobs=meta.codec.decode(codes).reshape(length, k),
         rationale=rationale,
         text=text,
+        rest_logprobs=meta.codec.decode(blocks[3]) if meta.has_rest else None,
     )
     return sample_id, sample
 

@@ -12,7 +12,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from teachers.cache.format import CacheFormatError, decode_record
+from teachers.cache.format import CacheFormatError, decode_record, packed_size
 from teachers.cache.reader import CacheCorrupt, index_files, read_index, read_meta
 from teachers.cache.writer import DATA_SUFFIX, TEMP_PREFIX
 
@@ -172,3 +172,14 @@ def cache_stats(directory: str | os.PathLike) -> CacheStats:
         data_bytes=data_bytes, index_bytes=index_bytes, id_bits=meta.id_bits,
         logprob_bits=meta.logprob_bits, mode=meta.mode, teacher=meta.teacher,
     )
+
+
+def expected_payload(tokens: int, k: int, id_bits: int, logprob_bits: int,
+                     rest: bool = True) -> int:
+    """Bytes of one record's packed arrays (used by tests and the benchmark); ``rest``: the
+    version-2 rest block."""
+    return (
+        packed_size(tokens, id_bits) + packed_size(tokens * k, id_bits)
+        + packed_size(tokens * k, logprob_bits) + (packed_size(tokens, logprob_bits) if rest else 0)
+    )
+

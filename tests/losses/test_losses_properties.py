@@ -144,7 +144,7 @@ def test_accumulation_with_num_items_equals_the_full_batch(x, name, n_micro, pat
                    else (hidden @ weight.T + bias)[rows])
         if name == "cross_entropy":
             return LF.cross_entropy(student, x["labels"][rows], chunk_size=3, **kw)
-        teacher = TopKTargets(*(t[rows] for t in x["topk"]))
+        teacher = TopKTargets(x["topk"].ids[rows], x["topk"].logprobs[rows])
         return getattr(LF, name)(student, teacher, x["labels"][rows], chunk_size=3, **kw)
 
     args = [t.double().requires_grad_() for t in (x["hidden"], x["weight"], x["bias"])]

@@ -55,6 +55,45 @@ def other_tokenizer_dir(smollm2_dir, tmp_path_factory) -> Path:
     return target
 
 
+# R1-Distill-Llama vs LLaMA-3.2-Instruct in miniature: SmolLM2's ordinary vocabulary, other specials.
+R1_SPECIALS = {2: "<|reserved_special_token_2|>", 3: "<｜end▁of▁sentence｜>", 4: "<think>",
+               5: "</think>"}
+R1_ADDED = ["<｜Assistant｜>", "<｜User｜>"]  # ids 49152, 49153: beyond the student's vocab
+R1_TEMPLATE = (  # R1's shape: the generation prompt opens a think block
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}"
+    "{% elif m['role'] == 'user' %}<｜User｜>{{ m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}<｜Assistant｜>{{ m['content'] }}<｜end▁of▁sentence｜>"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<｜Assistant｜><think>\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def r1_like_tokenizer_dir(smollm2_dir, tmp_path_factory) -> Path:
+    """A teacher tokenizer that shares SmolLM2's ordinary vocabulary but not its specials, as
+    R1-Distill-Llama shares Llama-3's: SmolLM2's end ``<|im_end|>`` (id 2) is a reserved token
+    here, the teacher ends with ``<｜end▁of▁sentence｜>`` (id 3), ``<think>``/``</think>`` take
+    ids 4/5, and ``<｜Assistant｜>``/``<｜User｜>`` lie beyond the student's vocabulary. Its chat
+    template reproduces R1's: the generation prompt ends inside ``<think>\n``."""
+    target = tmp_path_factory.mktemp("models") / "r1-like-tokenizer"
+    target.mkdir()
+    spec = json.loads((smollm2_dir / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    for token in spec["added_tokens"]:
+        if token["id"] in R1_SPECIALS:
+            vocab.pop(token["content"], None)
+            token["content"] = R1_SPECIALS[token["id"]]
+            vocab[token["content"]] = token["id"]
+    template = dict(spec["added_tokens"][0])
+    for offset, content in enumerate(R1_ADDED):
+        spec["added_tokens"].append({**template, "id": 49152 + offset, "content": content})
+    (target / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    config = json.loads((smollm2_dir / "tokenizer_config.json").read_text())
+    config.update(eos_token=R1_SPECIALS[3], pad_token=R1_SPECIALS[3])
+    (target / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    (target / "chat_template.jinja").write_text(R1_TEMPLATE, encoding="utf-8")
+    return target
+
+
 # --------------------------------------------------------------------------------- recipes
 def write_manifest(path: Path, records: list[dict]) -> Path:
     lines = [json.dumps({"audio": f"{r['id']}.wav", **r}) for r in records]

@@ -124,8 +124,35 @@ def test_record_round_trip_and_size():
     sample_id, back = decode_record(data, meta)
     assert sample_id == "id-ü"
     assert_same(sample, back, meta)
-    packed = packed_size(7, 17) + packed_size(56, 17) + packed_size(56, 12)
+    packed = packed_size(7, 17) + packed_size(56, 17) + packed_size(56, 12) + packed_size(7, 12)
     assert len(data) == 12 + len("id-ü".encode()) + packed + 4 + len("héllo".encode()) + 4 + 15
+
+
+def test_rest_mass_is_stored_from_the_unrounded_logprobs():
+    """A peaked row whose rounded top-k mass reaches 1: the stored rest keeps the true mass."""
+    meta = make_meta(k=2)
+    true = np.array([[np.log(0.95), np.log(0.0499)]], dtype=np.float32)  # rest 1e-4
+    rounded_top1 = np.exp(meta.codec.decode(meta.codec.encode(true[0, :1])))[0]
+    sample = CachedSample(np.array([5]), np.array([[5, 9]]), true)
+    _, back = decode_record(encode_record("x", sample, meta), meta)
+    kept_after_rounding = np.exp(back.topk_logprobs).sum()
+    assert rounded_top1 > 0.95 and kept_after_rounding > 1 - 1e-4  # 1 - sum gives ~no rest
+    assert back.rest_logprobs.shape == (1,)
+    assert abs(float(back.rest_logprobs[0]) - np.log(1e-4)) <= meta.codec.max_error + 1e-4
+
+
+def test_version_1_caches_stay_readable(tmp_path):
+    """A cache written before the rest block (format version 1) reads back, rest None."""
+    meta = make_meta(version=1)
+    sample = make_sample(np.random.default_rng(5))
+    with CacheWriter(tmp_path, meta) as writer:
+        writer.add("a", sample)
+    data = encode_record("a", sample, meta)
+    assert len(data) == len(encode_record("a", sample, make_meta())) - packed_size(6, 12)
+    with open_cache(tmp_path) as cache:
+        back = cache.get("a")
+    assert cache.meta.version == 1 and back.rest_logprobs is None
+    assert_same(sample, back, meta)
 
 
 def test_record_keeps_none_and_empty_texts_apart():

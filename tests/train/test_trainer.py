@@ -172,7 +172,8 @@ def test_kd_weight_zero_is_plain_cross_entropy(workspace, tmp_path):
     trainer = Trainer(recipe)
     batch, _, _ = next(trainer._micro_batches())
     with torch.no_grad():
-        loss, _ = trainer._step_loss(batch, float(batch.num_target_tokens))
+        counts = {"ce": float(batch.num_target_tokens), "kd": float(batch.has_teacher.sum())}
+        loss, _ = trainer._step_loss(batch, counts)
         out = trainer.student(batch.inputs, return_logits=True)
         rows = out.labels != -100
         expected = torch.nn.functional.cross_entropy(out.logits[rows].double(),
@@ -302,3 +303,71 @@ def test_a_cap_that_clips_most_steps_is_warned_about_in_the_log(workspace, tmp_p
     assert warned == [4]  # once, when the first window of 4 steps was full
     assert "train.clip.max_norm=1e-06 clipped 4 of the last 4" in log[3]["warning"]
     assert "warning: train.clip.max_norm" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ normalisation of each term
+def test_moe_balance_loss_counts_once_per_step_whatever_the_accumulation(workspace, tmp_path,
+                                                                         make_cfg):
+    """With CE and KD weighted 0 the step's gradient is the balance loss's alone; over N
+    micro-batches it must be their mean (a big batch's weight), not their sum (N times it)."""
+    root, _ = workspace
+    moe = {"enabled": True, "num_experts": 4, "top_k": 2, "gate_noise": False,
+           "balance_weight": 0.5}
+    fresh_accelerate_state()
+    torch.manual_seed(0)
+    recipe = make_recipe((root, make_cfg(beats=False, moe=moe)), tmp_path, max_steps=1,
+                         batch_size=2, grad_accumulation=2)
+    recipe.loss.ce_weight, recipe.loss.kd_weight = 0.0, 0.0
+    trainer = Trainer(recipe)
+    trainer.student.train()
+    params = {n: p for n, p in trainer.student.named_parameters() if p.requires_grad}
+    expected = {n: torch.zeros_like(p) for n, p in params.items()}
+    batches = trainer._micro_batches()
+    for _ in range(2):  # the step's micro-batches, by hand: mean of the balance gradients
+        batch, _, _ = next(batches)
+        balance = trainer.student(batch.inputs).balance_loss
+        for name, grad in zip(params, torch.autograd.grad(balance, list(params.values()),
+                                                          allow_unused=True), strict=True):
+            if grad is not None:
+                expected[name] += grad / 2
+    got = capture_gradients(trainer)
+    trainer.train()
+    gates = [n for n in expected if ".gate." in n and float(expected[n].abs().max()) > 0]
+    assert gates, "no gate parameter received a balance gradient"
+    for name in gates:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-9)
+    fresh_accelerate_state()
+
+
+def test_kd_is_the_mean_over_teacher_rows_when_some_samples_are_ce_only(workspace, tmp_path,
+                                                                       tokenizer, tiny_llm_dir):
+    """Half the samples have no cached targets (CE-only). KD must be the mean divergence over
+    the rows that have a teacher, CE the mean over every target row (loop.py's rule), checked
+    against a float64 forward KL with the bucket tail written out by hand."""
+    root, model_cfg = workspace
+    records = [json.loads(line) for line in (root / "train.jsonl").read_text().splitlines()]
+    build_cache(tmp_path / "half", records[::2], tokenizer, tiny_llm_dir)
+    recipe = make_recipe(workspace, tmp_path / "out", max_steps=1, batch_size=8)
+    recipe.data.soft_targets = str(tmp_path / "half")
+    recipe.data.missing_targets = "ce_only"
+    fresh_accelerate_state()
+    trainer = Trainer(recipe)
+    batch, _, _ = next(trainer._micro_batches())
+    assert 0 < batch.num_with_teacher < len(batch.sample_ids)
+    with torch.no_grad():
+        out = trainer.student(batch.inputs, return_logits=True)
+    rows = out.labels != -100
+    logits, labels = out.logits[rows].double(), out.labels[rows]
+    q = logits.softmax(-1)[batch.has_teacher]
+    ids = batch.teacher_ids
+    p = torch.cat([batch.teacher_logprobs.double().exp(), batch.teacher_rest.double().exp()[:, None]],
+                  -1)
+    q_kept = q.gather(-1, ids)
+    q = torch.cat([q_kept, (1 - q_kept.sum(-1, keepdim=True))], -1)
+    p, q = p / p.sum(-1, keepdim=True), q / q.sum(-1, keepdim=True)
+    expected_kd = float((p * (p / q).log()).sum(-1).mean())
+    expected_ce = float(torch.nn.functional.cross_entropy(logits, labels))
+    trainer.train()
+    log = read_log(tmp_path / "out")[0]
+    assert log["kd"] == pytest.approx(expected_kd, rel=1e-4)
+    assert log["ce"] + log["ce_only"] == pytest.approx(expected_ce, rel=1e-4)
