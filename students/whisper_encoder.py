@@ -13,6 +13,7 @@ from transformers import WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from distill.config import WhisperEncoderConfig
+from students.ct2_whisper import cached_conversion, is_ct2_folder
 
 SAMPLE_RATE = 16000
 
@@ -25,10 +26,16 @@ class _EncoderOnly(WhisperEncoder):
 def load_whisper_encoder(
     cfg: WhisperEncoderConfig, dtype: torch.dtype, *, attn_implementation: str = "sdpa"
 ) -> WhisperEncoder:
-    """Encoder of the Whisper checkpoint ``cfg.name_or_path``; frozen (eval) when ``cfg.freeze``."""
+    """Encoder of the Whisper checkpoint ``cfg.name_or_path``; frozen (eval) when ``cfg.freeze``.
+
+    A CTranslate2 (faster-whisper) folder is converted once into the model cache and loaded
+    from there (``students.ct2_whisper``)."""
     dtype = torch.float32 if cfg.dtype == "float32" else dtype
+    source = cfg.name_or_path
+    if is_ct2_folder(source):
+        source = str(cached_conversion(source))
     encoder, info = _EncoderOnly.from_pretrained(
-        cfg.name_or_path,
+        source,
         key_mapping={r"^(model\.)?encoder\.": ""},
         dtype=dtype,
         attn_implementation=attn_implementation,
