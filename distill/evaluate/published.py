@@ -21,6 +21,11 @@ PUBLISHED_RESULTS = {
     },
 }
 
+# What the published figures were measured on: compare a metric only on the same set (by the
+# manifests' ``source``) and latency / memory only on a GPU.
+PUBLISHED_SETS = {"asr_wer": "librispeech", "aac_score": "audiocaps"}
+PUBLISHED_DEVICE = "cuda"
+
 DEVICE_TARGETS = {"memory_gb": 6.0, "ttft_s": 1.0, "tpot_s": 0.1, "asr_latency_s": 0.05}
 
 AAC_SCORE_NOTE = (

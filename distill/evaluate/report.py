@@ -15,7 +15,13 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from distill.evaluate.published import AAC_SCORE_NOTE, DEVICE_TARGETS, PUBLISHED_RESULTS
+from distill.evaluate.published import (
+    AAC_SCORE_NOTE,
+    DEVICE_TARGETS,
+    PUBLISHED_DEVICE,
+    PUBLISHED_RESULTS,
+    PUBLISHED_SETS,
+)
 
 ASR_TASKS = ("asr",)
 CAPTION_TASKS = ("audiocaption", "audiocaption_v2")
@@ -30,6 +36,7 @@ class SetResult:
     samples: int
     metrics: dict[str, dict]
     breakdown: dict[str, dict] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)  # the manifests' ``source`` values
 
 
 @dataclass
@@ -56,6 +63,9 @@ class EvaluationReport:
     checkpoint: str
     sets: list[SetResult] = field(default_factory=list)
     efficiency: EfficiencyResult | None = None
+    # Reference systems measured on the same clips and device as this run, e.g.
+    # {"label": "Whisper tiny.en (same clips)", "asr_wer": 30.1}; headline keys, None = not run.
+    anchors: list[dict] = field(default_factory=list)
 
     def headline(self) -> dict[str, float | None]:
         """The four numbers the published results give: ASR WER, AAC score, memory, latency."""
@@ -70,6 +80,26 @@ class EvaluationReport:
             "memory_gb": eff.peak_memory_gb if eff else None,
             "latency_s": eff.latency_s.median if eff else None,
         }
+
+
+def comparable_to_published(report: EvaluationReport) -> dict[str, str | None]:
+    """Per headline key: None when the published figure was measured like this run, else why not.
+
+    WER and AAC compare only on the published test sets (by source: LibriSpeech, AudioCaps);
+    latency and memory only on a GPU. A synthetic CPU run beside GPU figures would read as a
+    result it is not."""
+    reasons: dict[str, str | None] = {}
+    for key, tasks in (("asr_wer", ASR_TASKS), ("aac_score", CAPTION_TASKS)):
+        sets = [s for s in report.sets if s.task in tasks]
+        wanted = PUBLISHED_SETS[key]
+        seen = sorted({src for s in sets for src in s.sources})
+        reasons[key] = (None if sets and seen == [wanted] else
+                        f"evaluated on {', '.join(seen) or 'no such set'}, published on {wanted}")
+    eff = report.efficiency
+    for key in ("memory_gb", "latency_s"):
+        reasons[key] = (None if eff and eff.device.startswith(PUBLISHED_DEVICE) else
+                        f"measured on {eff.device if eff else 'no device'}, published on a GPU")
+    return reasons
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -88,6 +118,7 @@ def report_to_json(report: EvaluationReport) -> dict:
     data = asdict(report)
     data["headline"] = report.headline()
     data["published"] = PUBLISHED_RESULTS
+    data["published_comparable"] = comparable_to_published(report)
     data["device_targets"] = DEVICE_TARGETS
     data["notes"] = [AAC_SCORE_NOTE]
     return data
@@ -128,15 +159,25 @@ def report_to_markdown(report: EvaluationReport) -> str:
             "",
         ]
     head = report.headline()
-    lines += ["## Against the published results", "",
+    keys = ("asr_wer", "aac_score", "memory_gb", "latency_s")
+    digits = {"asr_wer": 2, "aac_score": 2, "memory_gb": 3, "latency_s": 4}
+    reasons = comparable_to_published(report)
+    comparable = [k for k in keys if reasons[k] is None]
+    lines += ["## Against like-for-like references", "",
               "| system | ASR WER % | AAC score | memory GB | latency s |", "|---|---|---|---|---|"]
     for entry in PUBLISHED_RESULTS.values():
-        lines.append(f"| {entry['label']} | {entry['asr_wer']} | {entry['aac_score']} | "
-                     f"{entry['memory_gb']} | {entry['latency_s']} |")
-    lines.append(f"| this run | {_fmt(head['asr_wer'])} | {_fmt(head['aac_score'])} | "
-                 f"{_fmt(head['memory_gb'], 3)} | {_fmt(head['latency_s'], 4)} |")
-    lines += ["", f"AAC score here is CIDEr-D x 100; {AAC_SCORE_NOTE}. Latency and memory compare "
-              "only when measured on the same GPU.", ""]
+        if comparable:
+            lines.append(f"| {entry['label']} | " + " | ".join(
+                str(entry[k]) if k in comparable else "not comparable" for k in keys) + " |")
+    for anchor in report.anchors:
+        lines.append(f"| {anchor['label']} | " + " | ".join(
+            _fmt(anchor.get(k), digits[k]) for k in keys) + " |")
+    lines.append("| this run | " + " | ".join(_fmt(head[k], digits[k]) for k in keys) + " |")
+    lines.append("")
+    for key in keys:
+        if reasons[key]:
+            lines.append(f"- published {key} left out: {reasons[key]}")
+    lines += ["", f"AAC score here is CIDEr-D x 100; {AAC_SCORE_NOTE}.", ""]
     return "\n".join(lines)
 
 
@@ -148,18 +189,23 @@ def plot_png(report: EvaluationReport) -> bytes:
     import matplotlib.pyplot as plt
 
     head = report.headline()
+    reasons = comparable_to_published(report)
     panels = [
         ("asr_wer", "ASR WER % (lower is better)", None),
         ("aac_score", "AAC: CIDEr-D x 100 (higher is better)", None),
         ("memory_gb", "peak memory GB", DEVICE_TARGETS["memory_gb"]),
         ("latency_s", "latency s (TTFT + TPOT)", None),
     ]
-    systems = [e["label"].replace(" (published)", "\n(published)") for e in PUBLISHED_RESULTS.values()]
-    systems.append("this run")
     figure, axes = plt.subplots(1, 4, figsize=(16, 4))
     for axis, (key, title, target) in zip(axes, panels, strict=True):
-        values = [e[key] for e in PUBLISHED_RESULTS.values()] + [head[key]]
-        colors = ["#9aa5b1"] * len(PUBLISHED_RESULTS) + ["#2f6fdf"]
+        # Published bars only where measured like this run; anchors (same clips) always.
+        others = [(e["label"].replace(" (published)", "\n(published)"), e[key], "#9aa5b1")
+                  for e in PUBLISHED_RESULTS.values() if reasons[key] is None]
+        others += [(a["label"].replace(" (", "\n("), a.get(key), "#f0ad4e")
+                   for a in report.anchors if a.get(key) is not None]
+        systems = [label for label, _, _ in others] + ["this run"]
+        values = [value for _, value, _ in others] + [head[key]]
+        colors = [color for _, _, color in others] + ["#2f6fdf"]
         heights = [v if v is not None else 0.0 for v in values]
         bars = axis.bar(range(len(values)), heights, color=colors)
         for bar, value in zip(bars, values, strict=True):
@@ -171,7 +217,9 @@ def plot_png(report: EvaluationReport) -> bytes:
             axis.legend(fontsize=8)
         axis.set_xticks(range(len(values)), systems, fontsize=8)
         axis.set_title(title, fontsize=10)
-    figure.suptitle(f"{report.recipe}: this run vs published results", fontsize=11)
+        if reasons[key]:
+            axis.set_xlabel(f"published figure left out:\n{reasons[key]}", fontsize=7)
+    figure.suptitle(f"{report.recipe}: this run vs like-for-like references", fontsize=11)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)

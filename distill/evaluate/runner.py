@@ -107,7 +107,8 @@ def score_set(eval_set, records: list[dict], hypotheses: list[str]) -> SetResult
         refs = [r.get("references") or [r["text"]] for r in records]
         for score in caption_scores(hypotheses, refs, caption_metrics):
             metrics[score.name] = score.as_dict()
-    return SetResult(eval_set.name, eval_set.task, len(records), metrics, breakdown)
+    sources = sorted({r.get("source") or "unknown" for r in records})
+    return SetResult(eval_set.name, eval_set.task, len(records), metrics, breakdown, sources)
 
 
 def _write_hypotheses(path: Path, records: list[dict], hypotheses: list[str]) -> None:

@@ -59,3 +59,31 @@ def test_submission_csv_round_trips_with_commas_and_quotes(tmp_path):
         read = list(csv.reader(handle))
     assert read == [["testset_id", "text"], ["test0000", 'a dog barks, "loudly"'],
                     ["test0001", "rain"]]
+
+
+def test_published_figures_only_beside_runs_measured_like_them(tmp_path):
+    """A synthetic CPU run gets its anchors, not the published GPU figures; a GPU run on
+    LibriSpeech and AudioCaps gets the published figures."""
+    demo = sample_report()
+    demo.sets[0].sources, demo.sets[1].sources = ["espeak:en-us"], ["synthetic:beeps"]
+    demo.anchors = [{"label": "Whisper tiny.en (same clips)", "asr_wer": 30.25}]
+    markdown = (write_report(demo, tmp_path / "demo")["markdown"]).read_text()
+    assert "team 1B QLoRA" not in markdown and "5.3" not in markdown
+    assert "| Whisper tiny.en (same clips) | 30.25 | n/a | n/a | n/a |" in markdown
+    assert "published asr_wer left out: evaluated on espeak:en-us, published on librispeech" \
+        in markdown
+    assert "published latency_s left out: measured on cpu, published on a GPU" in markdown
+
+    real = sample_report()
+    real.sets[0].sources, real.sets[1].sources = ["librispeech"], ["audiocaps"]
+    real.efficiency.device = "cuda:0"
+    paths = write_report(real, tmp_path / "real")
+    assert "| team 1B QLoRA (published) | 5.3 | 35.49 | 4.09 | 0.36 |" in paths["markdown"].read_text()
+    assert json.loads(paths["json"].read_text())["published_comparable"] == {
+        "asr_wer": None, "aac_score": None, "memory_gb": None, "latency_s": None}
+
+    half = sample_report()
+    half.sets[0].sources, half.sets[1].sources = ["librispeech"], ["clotho"]
+    markdown = write_report(half, tmp_path / "half")["markdown"].read_text()
+    assert "| team 1B QLoRA (published) | 5.3 | not comparable | not comparable | " \
+           "not comparable |" in markdown
