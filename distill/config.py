@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from distill.data.config import (
     AudioConfig,
@@ -21,6 +21,8 @@ from distill.data.config import (
     NoiseAugmentConfig,
 )
 from distill.errors import DistillError
+from distill.losses.modules import LOSSES, check_divergence_options
+from distill.losses.reduction import DEFAULT_CHUNK_SIZE
 from distill.schema import (
     NonNegFloat,
     NonNegInt,
@@ -96,15 +98,27 @@ class LossConfig(Strict):
     ce_weight: NonNegFloat = 1.0
     kd_weight: NonNegFloat = 1.0
     kd_weight_schedule: WeightScheduleConfig | None = None
-    divergence: Literal[
-        "forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl", "uld"
-    ] = "forward_kl"
-    jsd_beta: Probability = 0.5
-    skew_lambda: Probability = 0.1
+    # The registered losses (distill.losses.LOSSES), and the options of the one chosen
+    # (e.g. {beta: 0.3} for jsd, {skew: 0.1} for the skew KLs), checked against its declaration.
+    divergence: str = "forward_kl"
+    options: dict[str, float] = Field(default_factory=dict)
     temperature: PositiveFloat = 1.0
     scale_by_temperature_squared: bool = True
     tail: Literal["renorm", "bucket"] = "bucket"
-    chunk_size: PositiveInt = 1024
+    chunk_size: PositiveInt = DEFAULT_CHUNK_SIZE
+
+    @field_validator("divergence")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        if name not in LOSSES:
+            names = [repr(n) for n in LOSSES]
+            raise ValueError(f"expected {', '.join(names[:-1])} or {names[-1]}")
+        return name
+
+    @model_validator(mode="after")
+    def _options_belong_to_the_divergence(self) -> LossConfig:
+        check_divergence_options(self.divergence, self.options)
+        return self
 
 
 # --------------------------------------------------------------------------------------- train

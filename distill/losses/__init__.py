@@ -10,6 +10,7 @@ materialises [N, V]). Teachers: logits [..., V] or TopKTargets(ids, logprobs) (c
 from distill.losses import divergences, functional
 from distill.losses.mixed import MixedLoss, MixedLossOutput, linear_ramp
 from distill.losses.modules import (
+    LOSSES,
     ULD,
     CrossEntropy,
     DistillationLoss,
@@ -19,10 +20,13 @@ from distill.losses.modules import (
     SkewForwardKL,
     SkewReverseKL,
     TotalVariation,
+    build_loss,
+    register_loss,
 )
 from distill.losses.targets import HiddenStates, TopKTargets
 
 __all__ = [
+    "LOSSES",
     "CrossEntropy",
     "DistillationLoss",
     "ForwardKL",
@@ -38,5 +42,7 @@ __all__ = [
     "ULD",
     "divergences",
     "functional",
+    "build_loss",
     "linear_ramp",
+    "register_loss",
 ]

@@ -2,8 +2,8 @@
 
 Each function takes (student_logp, teacher_logp), both [n, C] over the same categories,
 and returns the per-row divergence [n]. Temperature, tails, masking, chunking and reduction
-are handled around it, so a new divergence is one small function here (plus a one-line
-wrapper in functional.py and a three-line class in modules.py).
+are handled around it, so a new divergence is one small function here and one registered
+class in modules.py (``register_loss``), from which the recipe and the functional API follow.
 
 Conventions: P = teacher, Q = student. Zero-probability categories contribute 0 (0 log 0 = 0).
 """

@@ -1,4 +1,5 @@
-"""Functional losses. Every one takes the same inputs:
+"""Functional losses, one per registered KD loss (``modules.LOSSES``), the same names as
+``torch.nn.functional`` users expect. Every one takes the same inputs:
 
 student: logits [..., V], or HiddenStates(hidden [..., H], weight [V, H], bias) for the
     chunked path that never materialises [N, V] logits.
@@ -12,20 +13,20 @@ scale_by_t_squared: multiply the loss by T^2 (default True, Hinton et al.).
 num_items: divide the summed loss by this many tokens instead of this call's target count;
     pass the full batch's count to each micro-batch for exact gradient accumulation.
 chunk_size: token rows per chunk on the hidden-state path.
+Options of one divergence (JSD's ``beta``, skew's ``skew``) are keywords of its function.
 
 Returns a scalar: sum over target rows / num_items.
 """
 
-from functools import partial
+from collections.abc import Callable
 
 from torch import Tensor
 
-from distill.losses import divergences
 from distill.losses.mixed import MixedLossOutput, mixed_loss
-from distill.losses.reduction import DEFAULT_CHUNK_SIZE, reduce_row_losses
-from distill.losses.targets import Student, Teacher, check_labels, student_shape
-from distill.losses.terms import Divergence, ce_row_loss, kd_row_loss
-from distill.losses.uld import uld_row_loss
+from distill.losses.modules import LOSSES, CrossEntropy, DistillationLoss
+from distill.losses.reduction import DEFAULT_CHUNK_SIZE
+from distill.losses.targets import Student, Teacher
+from distill.losses.terms import Divergence
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -43,200 +44,52 @@ __all__ = [
 ]
 
 
-def distillation_loss(
-    divergence: Divergence,
-    student: Student,
-    teacher: Teacher,
-    labels: Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    tail: str = "bucket",
-    scale_by_t_squared: bool = True,
-    ignore_index: int = -100,
-    num_items: float | Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> Tensor:
-    """Any divergence(student_logp, teacher_logp) -> [n] as a full KD loss."""
-    n_rows, vocab = student_shape(student)
-    term = kd_row_loss(
-        divergence, teacher, n_rows, vocab,
-        temperature=temperature, tail=tail, scale_by_t_squared=scale_by_t_squared,
-    )
-    total, _ = reduce_row_losses(
-        student, {"kd": (term, 1.0)}, check_labels(labels, n_rows),
-        ignore_index=ignore_index, num_items=num_items, chunk_size=chunk_size,
-    )
-    return total
+def _functional(name: str, function_name: str) -> Callable[..., Tensor]:
+    """``LOSSES[name]`` as a function: module options and tensors in one call."""
+    loss_class = LOSSES[name]
+
+    def loss(student: Student, teacher: Teacher, labels: Tensor | None = None, *,
+             num_items: float | Tensor | None = None, **options) -> Tensor:
+        return loss_class(**options)(student, teacher, labels, num_items=num_items)
+
+    loss.__name__ = loss.__qualname__ = function_name
+    own = ", ".join(f"{key}={value}" for key, value in loss_class.options.items())
+    loss.__doc__ = (f"{loss_class.__doc__}\n\nRegistered as loss.divergence: {name!r}"
+                    + (f"; options: {own}." if own else "."))
+    return loss
 
 
-def forward_kl(
-    student: Student,
-    teacher: Teacher,
-    labels: Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    tail: str = "bucket",
-    scale_by_t_squared: bool = True,
-    ignore_index: int = -100,
-    num_items: float | Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> Tensor:
-    """KL(teacher || student), the classic KD loss."""
-    return distillation_loss(
-        divergences.forward_kl, student, teacher, labels,
-        temperature=temperature, tail=tail, scale_by_t_squared=scale_by_t_squared,
-        ignore_index=ignore_index, num_items=num_items, chunk_size=chunk_size,
-    )
+forward_kl = _functional("forward_kl", "forward_kl")
+reverse_kl = _functional("reverse_kl", "reverse_kl")
+generalized_jsd = _functional("jsd", "generalized_jsd")
+total_variation = _functional("tvd", "total_variation")
+skew_forward_kl = _functional("skew_forward_kl", "skew_forward_kl")
+skew_reverse_kl = _functional("skew_reverse_kl", "skew_reverse_kl")
+uld = _functional("uld", "uld")
 
 
-def reverse_kl(
-    student: Student,
-    teacher: Teacher,
-    labels: Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    tail: str = "bucket",
-    scale_by_t_squared: bool = True,
-    ignore_index: int = -100,
-    num_items: float | Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> Tensor:
-    """KL(student || teacher), mode-seeking."""
-    return distillation_loss(
-        divergences.reverse_kl, student, teacher, labels,
-        temperature=temperature, tail=tail, scale_by_t_squared=scale_by_t_squared,
-        ignore_index=ignore_index, num_items=num_items, chunk_size=chunk_size,
-    )
+class _CustomDivergence(DistillationLoss):
+    """A divergence given as a callable, not registered (``distillation_loss``)."""
+
+    def __init__(self, divergence: Divergence, **options):
+        super().__init__(**options)
+        self.custom = divergence
+
+    def divergence(self, student_logp: Tensor, teacher_logp: Tensor) -> Tensor:
+        return self.custom(student_logp, teacher_logp)
 
 
-def generalized_jsd(
-    student: Student,
-    teacher: Teacher,
-    labels: Tensor | None = None,
-    *,
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    tail: str = "bucket",
-    scale_by_t_squared: bool = True,
-    ignore_index: int = -100,
-    num_items: float | Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> Tensor:
-    """Scaled generalised JSD: beta=0 is forward KL, beta=1 reverse KL (see divergences.py)."""
-    _check_unit_interval('beta', beta)
-    return distillation_loss(
-        partial(divergences.generalized_jsd, beta=beta), student, teacher, labels,
-        temperature=temperature, tail=tail, scale_by_t_squared=scale_by_t_squared,
-        ignore_index=ignore_index, num_items=num_items, chunk_size=chunk_size,
-    )
+def distillation_loss(divergence: Divergence, student: Student, teacher: Teacher,
+                      labels: Tensor | None = None, *, num_items: float | Tensor | None = None,
+                      **options) -> Tensor:
+    """Any ``divergence(student_logp, teacher_logp) -> [n]`` as a full KD loss (try one out
+    before registering it in modules.py)."""
+    return _CustomDivergence(divergence, **options)(student, teacher, labels, num_items=num_items)
 
 
-def total_variation(
-    student: Student,
-    teacher: Teacher,
-    labels: Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    tail: str = "bucket",
-    scale_by_t_squared: bool = True,
-    ignore_index: int = -100,
-    num_items: float | Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> Tensor:
-    """0.5 * sum |p - q|."""
-    return distillation_loss(
-        divergences.total_variation, student, teacher, labels,
-        temperature=temperature, tail=tail, scale_by_t_squared=scale_by_t_squared,
-        ignore_index=ignore_index, num_items=num_items, chunk_size=chunk_size,
-    )
-
-
-def skew_forward_kl(
-    student: Student,
-    teacher: Teacher,
-    labels: Tensor | None = None,
-    *,
-    skew: float = 0.1,
-    temperature: float = 1.0,
-    tail: str = "bucket",
-    scale_by_t_squared: bool = True,
-    ignore_index: int = -100,
-    num_items: float | Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> Tensor:
-    """KL(p || skew*p + (1-skew)*q) (DistiLLM); skew=0 is forward KL."""
-    _check_unit_interval('skew', skew)
-    return distillation_loss(
-        partial(divergences.skew_forward_kl, skew=skew), student, teacher, labels,
-        temperature=temperature, tail=tail, scale_by_t_squared=scale_by_t_squared,
-        ignore_index=ignore_index, num_items=num_items, chunk_size=chunk_size,
-    )
-
-
-def skew_reverse_kl(
-    student: Student,
-    teacher: Teacher,
-    labels: Tensor | None = None,
-    *,
-    skew: float = 0.1,
-    temperature: float = 1.0,
-    tail: str = "bucket",
-    scale_by_t_squared: bool = True,
-    ignore_index: int = -100,
-    num_items: float | Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> Tensor:
-    """KL(q || skew*q + (1-skew)*p) (DistiLLM); skew=0 is reverse KL."""
-    _check_unit_interval('skew', skew)
-    return distillation_loss(
-        partial(divergences.skew_reverse_kl, skew=skew), student, teacher, labels,
-        temperature=temperature, tail=tail, scale_by_t_squared=scale_by_t_squared,
-        ignore_index=ignore_index, num_items=num_items, chunk_size=chunk_size,
-    )
-
-
-def uld(
-    student: Student,
-    teacher: Teacher,
-    labels: Tensor | None = None,
-    *,
-    temperature: float = 1.0,
-    tail: str = "bucket",
-    scale_by_t_squared: bool = True,
-    ignore_index: int = -100,
-    num_items: float | Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> Tensor:
-    """Universal Logit Distillation: L1 between sorted distributions; vocabularies may differ."""
-    n_rows, _ = student_shape(student)
-    term = uld_row_loss(
-        teacher, n_rows, temperature=temperature, tail=tail, scale_by_t_squared=scale_by_t_squared
-    )
-    total, _ = reduce_row_losses(
-        student, {"uld": (term, 1.0)}, check_labels(labels, n_rows),
-        ignore_index=ignore_index, num_items=num_items, chunk_size=chunk_size,
-    )
-    return total
-
-
-def cross_entropy(
-    student: Student,
-    labels: Tensor,
-    *,
-    ignore_index: int = -100,
-    num_items: float | Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> Tensor:
+def cross_entropy(student: Student, labels: Tensor, *, ignore_index: int = -100,
+                  num_items: float | Tensor | None = None,
+                  chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
     """Hard-label cross-entropy with the same masking, reduction and chunking as KD."""
-    n_rows, vocab = student_shape(student)
-    term = ce_row_loss(labels, n_rows, vocab, ignore_index)
-    total, _ = reduce_row_losses(
-        student, {"ce": (term, 1.0)}, check_labels(labels, n_rows),
-        ignore_index=ignore_index, num_items=num_items, chunk_size=chunk_size,
-    )
-    return total
-
-
-def _check_unit_interval(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}: expected a value in [0, 1], got {value}")
+    return CrossEntropy(ignore_index=ignore_index, chunk_size=chunk_size)(
+        student, labels, num_items=num_items)

@@ -24,19 +24,7 @@ import torch
 from tqdm import tqdm
 
 from distill.config import Recipe
-from distill.losses import (
-    ULD,
-    ForwardKL,
-    GeneralizedJSD,
-    HiddenStates,
-    MixedLoss,
-    ReverseKL,
-    SkewForwardKL,
-    SkewReverseKL,
-    TopKTargets,
-    TotalVariation,
-    linear_ramp,
-)
+from distill.losses import HiddenStates, MixedLoss, TopKTargets, build_loss, linear_ramp
 from distill.losses.mixed import resolve
 from distill.losses.modules import CrossEntropy
 from distill.train.card import run_card_context
@@ -58,23 +46,17 @@ STUDENT_DIR = "student"
 LOG_FILE = "train_log.jsonl"
 
 
-def build_loss(recipe: Recipe) -> MixedLoss:
+def build_mixed_loss(recipe: Recipe) -> MixedLoss:
+    """The recipe's CE + KD: the KD loss by its registered name (distill.losses.LOSSES)."""
     cfg = recipe.loss
-    options = dict(temperature=cfg.temperature, tail=cfg.tail, chunk_size=cfg.chunk_size,
-                   scale_by_t_squared=cfg.scale_by_temperature_squared)
-    kinds = {
-        "forward_kl": lambda: ForwardKL(**options),
-        "reverse_kl": lambda: ReverseKL(**options),
-        "jsd": lambda: GeneralizedJSD(beta=cfg.jsd_beta, **options),
-        "tvd": lambda: TotalVariation(**options),
-        "skew_forward_kl": lambda: SkewForwardKL(skew=cfg.skew_lambda, **options),
-        "skew_reverse_kl": lambda: SkewReverseKL(skew=cfg.skew_lambda, **options),
-        "uld": lambda: ULD(**options),
-    }
+    kd_loss = build_loss(
+        cfg.divergence, temperature=cfg.temperature, tail=cfg.tail, chunk_size=cfg.chunk_size,
+        scale_by_t_squared=cfg.scale_by_temperature_squared, **cfg.options,
+    )
     schedule = cfg.kd_weight_schedule
     kd_weight = (linear_ramp(schedule.start, schedule.end, schedule.steps) if schedule
                  else cfg.kd_weight)
-    return MixedLoss(kinds[cfg.divergence](), ce_weight=cfg.ce_weight, kd_weight=kd_weight)
+    return MixedLoss(kd_loss, ce_weight=cfg.ce_weight, kd_weight=kd_weight)
 
 
 @dataclass
@@ -127,7 +109,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         self.clipper = build_clipper(cfg.clip)
         self.cap_watch = CapWatch(getattr(self.clipper, "max_norm", None), cfg.clip.mode)
-        self.loss = build_loss(recipe)
+        self.loss = build_mixed_loss(recipe)
         self.ce_only_loss = CrossEntropy(chunk_size=recipe.loss.chunk_size)
         self.student, self.optimizer = self.accelerator.prepare(self.student, self.optimizer)
         self.checkpoints = CheckpointManager(self.output_dir, cfg.checkpoint.keep_last)

@@ -52,3 +52,40 @@ def test_bad_inputs_raise_clear_errors(call, message):
 
 def test_uld_accepts_a_different_vocab():
     assert torch.isfinite(LF.uld(S, torch.randn(4, 7)))
+
+
+# ------------------------------------------------------------------------------ the registry
+def test_registry_derives_recipe_choices_trainer_and_functional_api():
+    """One registered class is everything: the recipe accepts its name, checks its options,
+    the trainer builds it, and functional.<name> computes the same value as the module."""
+    from distill.config import LossConfig
+    from distill.losses import LOSSES, DistillationLoss, build_loss, divergences, register_loss
+
+    assert {"forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl",
+            "uld"} <= set(LOSSES)
+    assert LossConfig(divergence="jsd", options={"beta": 0.3}).options == {"beta": 0.3}
+    with pytest.raises(ValueError, match="forward_kl takes no option 'beta'"):
+        LossConfig(divergence="forward_kl", options={"beta": 0.3})
+    with pytest.raises(ValueError, match=r"jsd option beta: expected a value in \[0, 1\]"):
+        LossConfig(divergence="jsd", options={"beta": 1.5})
+
+    @register_loss("half_forward_kl")
+    class HalfForwardKL(DistillationLoss):
+        divergence_fn = staticmethod(lambda s, t, weight: weight * divergences.forward_kl(s, t))
+        options = {"weight": 0.5}
+
+    try:
+        cfg = LossConfig.model_validate({"divergence": "half_forward_kl"})
+        g = torch.Generator().manual_seed(0)
+        student, teacher = torch.randn(3, 7, generator=g), torch.randn(3, 7, generator=g)
+        half = build_loss(cfg.divergence)(student, teacher)
+        torch.testing.assert_close(half, 0.5 * LF.forward_kl(student, teacher))
+    finally:
+        del LOSSES["half_forward_kl"]
+
+
+def test_one_default_chunk_size_for_library_and_recipe():
+    from distill.config import LossConfig
+    from distill.losses import ForwardKL
+
+    assert LossConfig().chunk_size == ForwardKL().chunk_size == LF.DEFAULT_CHUNK_SIZE
