@@ -203,6 +203,7 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from distill.config import RecipeError, load_recipe
     from distill.evaluate.runner import EvaluationError
+    from distill.train.checkpoint import CheckpointError
     from distill.train.data import TrainingDataError
     from distill.train.loop import train_student
 
@@ -214,6 +215,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except (RecipeError, TrainingDataError, EvaluationError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except CheckpointError as err:  # unloadable/unsafe on --resume, or a full disk on save
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
     print(f"best checkpoint: {best}")
     return EXIT_OK
 

@@ -79,7 +79,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from distill.data.manifest import ManifestError
     from teachers.backends.base import TeacherUnavailable
     from teachers.cache.format import CacheFormatError
-    from teachers.cache.writer import CacheMetaMismatch
+    from teachers.cache.writer import CacheMetaMismatch, CacheWriteError
     from teachers.fingerprint import TokenizerMismatch
     from teachers.generate import Job, TeacherModelError
     from teachers.prompts import PromptError
@@ -91,6 +91,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         return _error("--limit must be a positive number of samples", EXIT_BAD_INPUT)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    job = None
     try:
         job = Job(
             recipe, endpoints=args.endpoint, limit=args.limit, cache_dir=args.cache_dir,
@@ -100,8 +101,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except (TokenizerMismatch, CacheMetaMismatch, PromptError, ManifestError,
             CacheFormatError, TeacherModelError) as err:
         return _error(str(err), EXIT_BAD_INPUT)
-    except (TeacherUnavailable, ServerStartError) as err:
-        return _error(f"{err}\nnothing was written for the samples still to do", EXIT_FAILED)
+    except (TeacherUnavailable, ServerStartError, CacheWriteError) as err:
+        written = job.summary.written if job is not None else 0
+        kept = (f"{written} sample(s) written before this are kept in {job.cache_dir}; rerun to "
+                "do the rest" if written else "nothing was written for the samples still to do")
+        return _error(f"{err}\n{kept}", EXIT_FAILED)
     except OSError as err:  # a missing file, or a tokenizer/model path that does not load
         return _error(str(err), EXIT_BAD_INPUT)
     finally:

@@ -3,7 +3,9 @@
 Order of checks, cheapest first, so a wrong setting fails in seconds and writes nothing: prompt
 templates for every task, tokenizer compatibility (teacher vs student ids), the cache's meta,
 then the teacher itself (connect, or start a server). Only then is the cache writer opened.
-A rerun skips the ids already stored, so an interrupted job simply runs again.
+A rerun skips the ids already stored, so an interrupted job simply runs again. Jobs on one cache
+folder take turns (its lock, ``cache_lock``): a second job waits, then does only what the first
+left, so no id is computed or stored twice.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from teachers.backends.base import (
 )
 from teachers.cache.format import CachedSample, CacheMeta, rest_from_topk
 from teachers.cache.reader import open_cache, read_meta
-from teachers.cache.writer import META_NAME, CacheMetaMismatch, CacheWriter
+from teachers.cache.writer import META_NAME, CacheMetaMismatch, CacheWriter, cache_lock
 from teachers.fingerprint import Relation, check_compatible, fingerprint
 from teachers.prompts import (
     check_templates,
@@ -235,6 +237,11 @@ class Job:
         self.summary.notes += self.token_map.describe()
         self.meta = build_meta(self.recipe, self.teacher_tok, self.student_tok, vocab,
                                self.token_map)
+        self.records = records
+        return self._still_to_do(records)
+
+    def _still_to_do(self, records: list[dict]) -> list[dict]:
+        """The records whose ids the cache does not hold yet (the meta must match this run)."""
         stored: set[str] = set()
         if (self.cache_dir / META_NAME).exists():
             problems = read_meta(self.cache_dir).differences(self.meta)
@@ -251,9 +258,16 @@ class Job:
         return todo
 
     def run(self) -> JobSummary:
-        todo = self.prepare()
+        todo = self.prepare()  # every check first, without waiting for another job's lock
         if not todo:
             return self.summary
+        with cache_lock(self.cache_dir, log=self.log):
+            todo = self._still_to_do(self.records)  # another job may have stored some since
+            if todo:
+                self._run_locked(todo)
+        return self.summary
+
+    def _run_locked(self, todo: list[dict]) -> None:
         started = time.monotonic()
         try:
             if self.backend is None and self.teacher.backend == "vllm_server" and not self.endpoints:
@@ -271,7 +285,6 @@ class Job:
             self.summary.interrupted = True
         finally:
             self.summary.seconds = time.monotonic() - started
-        return self.summary
 
     # -- the loop
     async def _run_async(self, todo: list[dict]) -> None:

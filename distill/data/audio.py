@@ -9,7 +9,7 @@ Cost is bounded by what is kept, never by the file or its rate: blocks are decod
 a stream and decoding stops once ``max_seconds`` of output exist (a 40-minute file costs what 30 s
 cost), and resampling is libsoxr's (python-soxr), whose filter length depends on the quality asked,
 not on the rates' lowest common multiple (a sinc kernel built for 16001 -> 16000 Hz has 16000
-phases; torchaudio's took 28 s and 4.8 GB for a 0.2 s clip).
+phases; torchaudio's took 19 s and 4.2 GB here for a 0.2 s clip, BENCHMARKS.md).
 
 Why so many checks: a corpus of a million clips always holds a few broken files, and a broken file
 must fail *here*, with its name, not as a NaN loss or a silent half-clip thousands of steps later.

@@ -120,6 +120,10 @@ def _references_problem(references: Any) -> str | None:
         return None
     if not isinstance(references, list) or not all(isinstance(r, str) for r in references):
         return "'references' must be a list of strings"
+    # An empty caption is no reference: ROUGE-L divides by its length, CIDEr-D scores against it.
+    empty = [index for index, text in enumerate(references) if not text.strip()]
+    if empty:
+        return f"'references' must be non-empty strings; references[{empty[0]}] is empty"
     return None
 
 

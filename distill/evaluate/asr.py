@@ -2,6 +2,11 @@
 
 Corpus WER = total edits / total reference words (not a mean of per-utterance rates), reported
 in percent; CER likewise over characters. A per-source breakdown shows which corpus hurts.
+
+An utterance whose reference normalises to nothing (only "uh", say) still counts: every word the
+model says there is an insertion, and it adds no reference words. jiwer scores empty references
+(jiwer >= 3.1). A set or group whose references are all empty has no defined rate: ``rate`` is
+None and its edit counts are still given, never an exception that stops an evaluation.
 """
 
 from __future__ import annotations
@@ -17,12 +22,25 @@ from distill.evaluate.normalize import normalize_english
 class ErrorRate:
     """Edit counts behind a rate, so rates of subsets can be summed exactly."""
 
-    rate: float  # percent
+    rate: float | None  # percent; None when there are no reference units (all references empty)
     substitutions: int
     deletions: int
     insertions: int
     reference_units: int  # words for WER, characters for CER
     utterances: int
+    empty_references: int = 0  # utterances whose reference is empty after normalisation
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        """Why ``rate`` is None, in words for the report; None when it has a value."""
+        if self.rate is not None:
+            return None
+        if not self.utterances:
+            return "no utterances to score"
+        return (
+            f"every reference is empty after normalisation ({self.utterances} utterances, "
+            f"{self.insertions} inserted units)"
+        )
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -50,28 +68,30 @@ def _prepare(references: Sequence[str], hypotheses: Sequence[str]) -> tuple[list
 def _score(refs: list[str], hyps: list[str], unit: str) -> ErrorRate:
     import jiwer
 
-    kept = [(r, h) for r, h in zip(refs, hyps, strict=True) if r.strip()]
-    if not kept:
-        raise ValueError("every reference is empty after normalisation: nothing to score")
-    refs, hyps = [r for r, _ in kept], [h for _, h in kept]
-    out = jiwer.process_words(refs, hyps) if unit == "word" else jiwer.process_characters(refs, hyps)
-    units = out.hits + out.substitutions + out.deletions
-    edits = out.substitutions + out.deletions + out.insertions
+    hits = substitutions = deletions = insertions = 0
+    if refs:
+        process = jiwer.process_words if unit == "word" else jiwer.process_characters
+        out = process(refs, hyps)
+        hits, substitutions = out.hits, out.substitutions
+        deletions, insertions = out.deletions, out.insertions
+    units = hits + substitutions + deletions
+    edits = substitutions + deletions + insertions
     return ErrorRate(
-        rate=100.0 * edits / units,
-        substitutions=out.substitutions,
-        deletions=out.deletions,
-        insertions=out.insertions,
+        rate=100.0 * edits / units if units else None,
+        substitutions=substitutions,
+        deletions=deletions,
+        insertions=insertions,
         reference_units=units,
         utterances=len(refs),
+        empty_references=sum(1 for r in refs if not r.strip()),
     )
 
 
 def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> ErrorRate:
     """Corpus WER in percent, both sides through Whisper's English normaliser.
 
-    Utterances whose reference normalises to nothing (e.g. only "uh") are left out, as jiwer
-    cannot score an empty reference.
+    Utterances whose reference normalises to nothing (e.g. only "uh") count: their hypothesis
+    words are insertions. ``rate`` is None when no reference has a word.
     """
     return _score(*_prepare(references, hypotheses), unit="word")
 

@@ -8,6 +8,12 @@ under its real name, and a metric we cannot compute as unavailable with the reas
 Tokenisation: the pure-Python metrics here see lower-cased text with punctuation removed, split on
 whitespace (aac-metrics' Java PTB tokenizer is not used, so numbers can differ slightly from a
 Java-preprocessed run; the label says so).
+
+Small or odd sets never end the evaluation: a metric that cannot be computed on them is reported
+unavailable with the reason (CIDEr-D needs at least 2 clips: aac-metrics refuses fewer, since its
+IDF weights come from the set's own references). A reference caption that is empty after
+preprocessing is ignored and counted (ROUGE-L would divide by its zero length), and a clip left
+without references is left out and counted; manifests already refuse empty references.
 """
 
 from __future__ import annotations
@@ -28,10 +34,11 @@ class CaptionScore:
     label: str  # what exactly was computed
     value: float | None  # None when unavailable
     unavailable_reason: str | None = None
+    note: str | None = None  # e.g. empty references ignored
 
     def as_dict(self) -> dict:
         return {"name": self.name, "label": self.label, "value": self.value,
-                "unavailable_reason": self.unavailable_reason}
+                "unavailable_reason": self.unavailable_reason, "note": self.note}
 
 
 def preprocess_caption(text: str) -> str:
@@ -48,13 +55,69 @@ def _check_inputs(candidates: Sequence[str], references: Sequence[Sequence[str]]
             raise ValueError(f"references[{index}]: expected a non-empty list of reference captions")
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """Preprocessed candidates and references, and what was left out to get them."""
+
+    cands: list[str]
+    refs: list[list[str]]
+    empty_references: int  # empty reference captions ignored
+    clips_without_references: int  # clips left out: every reference was empty
+
+    @property
+    def note(self) -> str | None:
+        if not self.empty_references:
+            return None
+        return (
+            f"{self.empty_references} empty reference caption(s) ignored; "
+            f"{self.clips_without_references} clip(s) left without references not scored"
+        )
+
+
+def _prepare(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> _Prepared:
+    _check_inputs(candidates, references)
+    cands, refs, empty, dropped = [], [], 0, 0
+    for candidate, captions in zip(candidates, references, strict=True):
+        kept = [text for text in map(preprocess_caption, captions) if text]
+        empty += len(captions) - len(kept)
+        if not kept:
+            dropped += 1
+            continue
+        cands.append(preprocess_caption(candidate))
+        refs.append(kept)
+    return _Prepared(cands, refs, empty, dropped)
+
+
+# The fewest clips each metric can be computed on (aac-metrics' CIDEr-D refuses fewer than 2).
+_MIN_CLIPS = {"cider_d": 2, "spider": 2}
+
+
+def _too_few_clips(name: str, clips: int) -> str | None:
+    needed = _MIN_CLIPS.get(name, 1)
+    if clips >= needed:
+        return None
+    if name in ("cider_d", "spider"):
+        return (
+            f"CIDEr-D needs at least {needed} clips (its IDF weights come from the set's "
+            f"references); {clips} to score"
+        )
+    return f"no clip to score ({clips})"
+
+
 def cider_d(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> float:
-    """Corpus CIDEr-D (n=4, sigma=6, scale 10) as aac-metrics computes it."""
+    """Corpus CIDEr-D (n=4, sigma=6, scale 10) as aac-metrics computes it.
+
+    Raises ValueError (naming the count) for fewer than 2 scorable clips."""
+    prepared = _prepare(candidates, references)
+    reason = _too_few_clips("cider_d", len(prepared.cands))
+    if reason:
+        raise ValueError(reason)
+    return _cider_d(prepared.cands, prepared.refs)
+
+
+def _cider_d(cands: list[str], refs: list[list[str]]) -> float:
     from aac_metrics.functional.cider_d import cider_d as aac_cider_d
 
-    _check_inputs(candidates, references)
-    cands = [preprocess_caption(c) for c in candidates]
-    refs = [[preprocess_caption(r) for r in rs] for rs in references]
     corpus, _ = aac_cider_d(cands, refs, n=4, sigma=6.0, scale=10.0)
     return float(corpus["cider_d"])
 
@@ -111,24 +174,35 @@ _LABELS = {
 def caption_scores(
     candidates: Sequence[str], references: Sequence[Sequence[str]], metrics: Sequence[str]
 ) -> list[CaptionScore]:
-    """Every requested metric (cider_d also gives its x100 hackathon variant)."""
-    _check_inputs(candidates, references)
-    cands = [preprocess_caption(c) for c in candidates]
-    refs = [[preprocess_caption(r) for r in rs] for rs in references]
+    """Every requested metric (cider_d also gives its x100 hackathon variant); a metric that
+    cannot be computed on this set is unavailable with its reason, never an exception."""
+    unknown = [name for name in metrics if name not in _LABELS or name == "cider_d_x100"]
+    if unknown:
+        raise ValueError(
+            f"unknown caption metric {unknown[0]!r}: expected one of "
+            f"{sorted(set(_LABELS) - {'cider_d_x100'})}"
+        )
+    prepared = _prepare(candidates, references)
+    cands, refs = prepared.cands, prepared.refs
     scores: list[CaptionScore] = []
     for name in metrics:
-        if name == "cider_d":
-            value = cider_d(candidates, references)
-            scores.append(CaptionScore("cider_d", _LABELS["cider_d"], value))
-            scores.append(CaptionScore("cider_d_x100", _LABELS["cider_d_x100"], 100.0 * value))
-        elif name == "bleu_4":
-            scores.append(CaptionScore(name, _LABELS[name], _bleu_4(cands, refs)))
-        elif name == "rouge_l":
-            scores.append(CaptionScore(name, _LABELS[name], _rouge_l(cands, refs)))
-        elif name in _JARS:
+        reason = _too_few_clips(name, len(cands))
+        if reason is None and name in _JARS:
             reason = _java_metric_unavailable(_JARS[name])
-            value = None if reason else _java_metric(name, cands, refs)
-            scores.append(CaptionScore(name, _LABELS[name], value, reason))
-        else:
-            raise ValueError(f"unknown caption metric {name!r}: expected one of {sorted(_LABELS)}")
+        value = None
+        if reason is None:
+            if name == "cider_d":
+                value = _cider_d(cands, refs)
+            elif name == "bleu_4":
+                value = _bleu_4(cands, refs)
+            elif name == "rouge_l":
+                value = _rouge_l(cands, refs)
+            else:
+                value = _java_metric(name, cands, refs)
+        scores.append(CaptionScore(name, _LABELS[name], value, reason, prepared.note))
+        if name == "cider_d":
+            scaled = None if value is None else 100.0 * value
+            scores.append(
+                CaptionScore("cider_d_x100", _LABELS["cider_d_x100"], scaled, reason, prepared.note)
+            )
     return scores

@@ -95,13 +95,15 @@ def score_set(eval_set, records: list[dict], hypotheses: list[str]) -> SetResult
     if "wer" in eval_set.metrics:
         wer = word_error_rate(references, hypotheses)
         metrics["wer"] = {"value": wer.rate, "label": "corpus WER % (Whisper English normaliser)",
+                          "unavailable_reason": wer.unavailable_reason,
                           **{k: v for k, v in wer.as_dict().items() if k != "rate"}}
         groups = [r.get("source") or "unknown" for r in records]
         breakdown = {k: v.as_dict() for k, v in
                      error_rates_by_group(references, hypotheses, groups).items()}
     if "cer" in eval_set.metrics:
         cer = character_error_rate(references, hypotheses)
-        metrics["cer"] = {"value": cer.rate, "label": "corpus CER % (Whisper English normaliser)"}
+        metrics["cer"] = {"value": cer.rate, "label": "corpus CER % (Whisper English normaliser)",
+                          "unavailable_reason": cer.unavailable_reason}
     caption_metrics = [m for m in eval_set.metrics if m not in ("wer", "cer")]
     if caption_metrics:
         refs = [r.get("references") or [r["text"]] for r in records]
@@ -154,7 +156,15 @@ def evaluate(recipe: Recipe, checkpoint: str | Path, *, output_dir: str | Path |
         if recipe.eval.submission_csv:
             write_submission_csv(((r["id"], h) for r, h in zip(records, hypotheses, strict=True)),
                                  out / "submissions" / f"{eval_set.name}.csv")
-        report.sets.append(score_set(eval_set, records, hypotheses))
+        try:
+            report.sets.append(score_set(eval_set, records, hypotheses))
+        except Exception as err:
+            # A scoring bug must not cost the sets already scored: write what exists, then fail.
+            report.sets.append(SetResult(eval_set.name, eval_set.task, len(records), {"error": {
+                "value": None, "label": "scoring failed",
+                "unavailable_reason": f"{type(err).__name__}: {err}"}}))
+            write_report(report, out)
+            raise
     eff_cfg = recipe.eval.efficiency
     if eff_cfg.enabled if efficiency is None else efficiency:
         instruction = student.processor.instruction(eff_cfg.task)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from tqdm import tqdm
 
 from distill.config import Recipe
@@ -28,7 +29,14 @@ from distill.losses import HiddenStates, MixedLoss, TopKTargets, build_loss, lin
 from distill.losses.mixed import resolve
 from distill.losses.modules import CrossEntropy
 from distill.train.card import run_card_context
-from distill.train.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from distill.train.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    capture_rng_state,
+    load_trainer_state,
+    restore_rng_state,
+    save_trainer_state,
+)
 from distill.train.clipping import CapWatch, build_clipper
 from distill.train.data import (
     Batch,
@@ -324,7 +332,7 @@ class Trainer:
         def write(folder: Path) -> None:
             acc.unwrap_model(self.student).save_pretrained(folder / STUDENT_DIR,
                                                            card=run_card_context(self))
-            torch.save({
+            save_trainer_state({
                 "progress": self.progress.__dict__,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -338,8 +346,8 @@ class Trainer:
                                      higher_is_better=higher)
 
     def resume(self) -> bool:
-        latest = self.checkpoints.latest()
-        if latest is None:
+        """Restore the newest checkpoint that loads (an unloadable one is skipped, said so)."""
+        if self.checkpoints.latest() is None:
             return False
         if self._zero_optimizer() is not None and self.accelerator.num_processes > 1:
             # Checkpoints hold rank 0's optimizer state; ZeRO partitions it across ranks.
@@ -348,8 +356,17 @@ class Trainer:
                 "supported yet (ZeRO optimizer state is partitioned per rank); resume with one "
                 "process, or start from the weights with train.init_from"
             )
-        state = torch.load(latest / TRAINER_STATE, weights_only=False)
-        self.accelerator.unwrap_model(self.student).load_trainable(latest / STUDENT_DIR)
+        student = self.accelerator.unwrap_model(self.student)
+
+        def load(folder: Path) -> dict:
+            state = load_trainer_state(folder / TRAINER_STATE)
+            try:
+                student.load_trainable(folder / STUDENT_DIR)
+            except (OSError, SafetensorError) as err:
+                raise CheckpointError(f"{folder / STUDENT_DIR}: truncated or corrupt ({err})") from None
+            return state
+
+        self.resumed_from, state = self.checkpoints.load_latest(load)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.clipper.load_state_dict(state["clipper"])
@@ -454,7 +471,7 @@ class Trainer:
 def train_student(recipe: Recipe, *, resume: bool = False, run_eval: bool | None = None) -> Path:
     trainer = Trainer(recipe)
     if resume and trainer.resume():
-        print(f"resumed at step {trainer.progress.step} from {trainer.checkpoints.latest()}")
+        print(f"resumed at step {trainer.progress.step} from {trainer.resumed_from}")
     best = trainer.train()
     if (recipe.train.evaluate_when_done if run_eval is None else run_eval) and recipe.eval.sets:
         from distill.evaluate.report import report_to_json

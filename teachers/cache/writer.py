@@ -6,18 +6,26 @@ Why temp + rename: a worker killed mid-shard must leave nothing a reader trusts.
 rename is the commit. Shard names carry host, pid and a random tag, so many workers (on many
 machines sharing a file system) never collide. A shard is also finished after
 ``max_shard_seconds``, which bounds the work a crash can lose.
+
+Two jobs on one folder would both compute the same ids "still to do" and store them twice, so a
+job holds the folder's lock (``cache_lock``) from reading what is stored to its last shard.
+A full disk (ENOSPC) while a shard is written fails that shard only: its temp file is removed and
+the shards finished before it stay readable.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
 import socket
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 from distill.errors import DistillError
 from teachers.cache.format import CachedSample, CacheMeta, encode_record
@@ -26,6 +34,11 @@ META_NAME = "meta.json"
 INDEX_SUFFIX = ".idx"
 DATA_SUFFIX = ".bin"
 TEMP_PREFIX = ".tmp-"
+LOCK_NAME = ".lock"
+
+
+class CacheWriteError(OSError):
+    """A shard could not be written (e.g. the disk is full); earlier shards are intact."""
 
 
 class CacheMetaMismatch(DistillError, ValueError):
@@ -65,6 +78,47 @@ def ensure_meta(directory: Path, meta: CacheMeta) -> None:
         )
 
 
+@contextlib.contextmanager
+def cache_lock(directory: str | os.PathLike, log: TextIO | None = None) -> Iterator[bool]:
+    """Hold the exclusive writer lock of a cache folder; yields whether it had to wait.
+
+    ``flock`` on ``<directory>/.lock``: the kernel drops it when the holder dies (even by
+    SIGKILL), so a lock is never stale. The file names its holder for the waiting message and is
+    removed on release (unlinked while still locked; a waiter that then locks the unlinked file
+    sees that and retries on a fresh one).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_NAME
+    waited = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another job"
+            if log is not None:
+                print(f"waiting: {directory} is being written by {holder}; this job continues "
+                      "with what that one leaves to do", file=log, flush=True)
+            waited = True
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed this file as we waited on it: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield waited
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(fd)
+
+
 class CacheWriter:
     """Adds samples to a cache; use as a context manager so the last shard is finished."""
 
@@ -98,7 +152,15 @@ class CacheWriter:
         record = encode_record(sample_id, sample, self.meta)
         if self._file is None:
             self._open_shard()
-        self._file.write(record)
+        try:
+            self._file.write(record)
+        except OSError as err:
+            self._abandon_shard()
+            raise CacheWriteError(
+                f"{self.directory}: cannot write the shard ({err.strerror or err}); the "
+                f"{len(self.shards_written)} shard(s) finished before it are kept, the samples "
+                "of this one will be redone by a rerun"
+            ) from err
         tokens = len(sample.response_ids)
         self._records.append([sample_id, self._offset, len(record), zlib.crc32(record), tokens])
         self._offset += len(record)
@@ -113,11 +175,6 @@ class CacheWriter:
         if self._file is None:
             return
         name = self._shard_name
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        self._file = None
-        os.replace(self.directory / f"{TEMP_PREFIX}{name}{DATA_SUFFIX}", self.directory / f"{name}{DATA_SUFFIX}")
         index = {
             "shard": f"{name}{DATA_SUFFIX}",
             "data_bytes": self._offset,
@@ -125,7 +182,23 @@ class CacheWriter:
             "records": self._records,
         }
         temp_index = self.directory / f"{TEMP_PREFIX}{name}{INDEX_SUFFIX}"
-        _write_durably(temp_index, json.dumps(index, separators=(",", ":")).encode())
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            # The index is written before the data is renamed: a full disk fails here, while
+            # nothing of this shard is visible yet.
+            _write_durably(temp_index, json.dumps(index, separators=(",", ":")).encode())
+        except OSError as err:
+            self._abandon_shard()
+            temp_index.unlink(missing_ok=True)
+            raise CacheWriteError(
+                f"{self.directory}: cannot finish shard {name} ({err.strerror or err}); the "
+                f"{len(self.shards_written)} shard(s) finished before it are kept, the samples "
+                "of this one will be redone by a rerun"
+            ) from err
+        self._file.close()
+        self._file = None
+        os.replace(self.directory / f"{TEMP_PREFIX}{name}{DATA_SUFFIX}", self.directory / f"{name}{DATA_SUFFIX}")
         os.replace(temp_index, self.directory / f"{name}{INDEX_SUFFIX}")
         _fsync_dir(self.directory)
         self.shards_written.append(name)
@@ -140,6 +213,15 @@ class CacheWriter:
     def __exit__(self, *exc) -> None:
         # Records already written are complete, so an exception still commits them.
         self.close()
+
+    def _abandon_shard(self) -> None:
+        """Drop the shard being written (its samples were never visible); forget its ids."""
+        with contextlib.suppress(OSError):
+            self._file.close()
+        self._file = None
+        (self.directory / f"{TEMP_PREFIX}{self._shard_name}{DATA_SUFFIX}").unlink(missing_ok=True)
+        self._added -= {record[0] for record in self._records}
+        self._records = []
 
     # -- internals
     def _open_shard(self) -> None:

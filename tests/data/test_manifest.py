@@ -97,6 +97,8 @@ def test_absolute_audio_path_is_accepted(manifest_dir: Path) -> None:
         (record(duration=-1), "'duration' must be a finite number >= 0, got -1"),
         ('{"id": "z", "audio": "a.wav", "task": "asr", "text": "", "duration": NaN}', "finite"),
         (record(references=["ok", 3]), "'references' must be a list of strings"),
+        (record(references=["a dog barks", ""]), "references[1] is empty"),
+        (record(references=[" \t"]), "'references' must be non-empty strings; references[0]"),
         (record(audio="missing.wav"), "audio file not found: "),
     ],
 )

@@ -66,3 +66,46 @@ def test_breakdown_by_source_is_a_corpus_wer_per_group():
 def test_mismatched_lengths_are_a_clear_error():
     with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
         word_error_rate(["a", "b"], ["a"])
+
+
+# --------------------------------------------------------- references empty after normalisation
+def test_an_empty_reference_counts_its_insertions():
+    # "uh" normalises to nothing; the protocol: total edits / total reference words =
+    # (0 + 3 insertions) / (2 + 0 words) = 150 %.
+    result = word_error_rate(["hello world", "uh"], ["hello world", "the cat sat"])
+    assert (result.insertions, result.reference_units, result.utterances) == (3, 2, 2)
+    assert result.empty_references == 1
+    assert result.rate == pytest.approx(150.0)
+
+
+@pytest.mark.parametrize(
+    ("refs", "hyps", "edits", "words"),
+    [
+        (["", "a b"], ["", "a b"], 0, 2),  # empty reference, empty hypothesis: no edit
+        (["hmm", "a b c"], ["x", "a c"], 2, 3),  # one insertion, one deletion
+        (["um", "uh", "a"], ["b c", "", "a"], 2, 1),  # several empty references
+    ],
+)
+def test_empty_references_follow_the_protocol(refs, hyps, edits, words):
+    result = word_error_rate(refs, hyps)
+    assert result.reference_units == words
+    assert result.rate == pytest.approx(100 * edits / words)
+
+
+def test_cer_counts_insertions_against_an_empty_reference():
+    result = character_error_rate(["ab", "uh"], ["ab", "xyz"])
+    assert (result.insertions, result.reference_units) == (3, 2)
+    assert result.rate == pytest.approx(150.0)
+
+
+def test_a_set_whose_references_are_all_empty_is_reported_as_such():
+    result = word_error_rate(["uh", "hmm"], ["the cat", ""])
+    assert result.rate is None and result.insertions == 2 and result.reference_units == 0
+    assert "every reference is empty" in result.unavailable_reason
+    assert word_error_rate([], []).unavailable_reason == "no utterances to score"
+
+
+def test_a_group_of_empty_references_does_not_stop_the_breakdown():
+    rates = error_rates_by_group(["uh", "a b"], ["x", "a b"], ["noise", "libri"])
+    assert rates["noise"].rate is None and rates["noise"].insertions == 1
+    assert rates["libri"].rate == 0.0

@@ -108,3 +108,45 @@ def test_bad_reference_lists_are_clear_errors():
         cider_d(["a"], ["a single string"])
     with pytest.raises(ValueError, match="2 candidates but 1 reference lists"):
         cider_d(["a", "b"], [["a"]])
+
+
+# ---------------------------------------------------------------- small sets, empty references
+ALL = ["cider_d", "bleu_4", "rouge_l", "meteor", "spice", "spider"]
+
+
+@pytest.mark.parametrize("clips", [0, 1])
+def test_a_set_too_small_for_a_metric_reports_it_unavailable(clips):
+    scores = {s.name: s for s in caption_scores(CANDIDATES[:clips], REFERENCES[:clips], ALL)}
+    assert set(scores) == set(ALL) | {"cider_d_x100"}
+    for name in ("cider_d", "cider_d_x100", "spider"):
+        assert scores[name].value is None
+        assert f"at least 2 clips (its IDF weights come from the set's references); {clips}" in (
+            scores[name].unavailable_reason
+        )
+    for score in scores.values():  # every metric: a value, or None with a reason
+        assert (score.value is None) == (score.unavailable_reason is not None)
+    if clips == 1:  # BLEU and ROUGE-L are defined on one clip
+        assert scores["bleu_4"].value is not None and scores["rouge_l"].value is not None
+
+
+def test_cider_d_on_one_clip_is_a_clear_error():
+    with pytest.raises(ValueError, match="CIDEr-D needs at least 2 clips"):
+        cider_d(CANDIDATES[:1], REFERENCES[:1])
+
+
+def test_empty_reference_captions_are_ignored_and_counted():
+    refs = [list(REFERENCES[0]) + ["", " ?! "], list(REFERENCES[1])]
+    cands = CANDIDATES[:2]
+    got = {s.name: s for s in caption_scores(cands, refs, ["rouge_l", "cider_d"])}
+    want = {s.name: s for s in caption_scores(cands, REFERENCES[:2], ["rouge_l", "cider_d"])}
+    for name in ("rouge_l", "cider_d"):
+        assert got[name].value == pytest.approx(want[name].value)
+        assert got[name].note.startswith("2 empty reference caption(s) ignored")
+
+
+def test_a_clip_whose_references_are_all_empty_is_left_out():
+    refs = [[""], *REFERENCES[1:3]]
+    got = caption_scores(CANDIDATES[:3], refs, ["bleu_4"])[0]
+    want = caption_scores(CANDIDATES[1:3], REFERENCES[1:3], ["bleu_4"])[0]
+    assert got.value == pytest.approx(want.value)
+    assert "1 clip(s) left without references not scored" in got.note

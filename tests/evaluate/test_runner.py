@@ -127,3 +127,24 @@ def test_bad_manifest_names_the_file_and_line(tmp_path, checkpoint, capsys):
     recipe_file.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
     assert main(["evaluate", str(recipe_file), "--checkpoint", str(checkpoint)]) == EXIT_BAD_INPUT
     assert "asr.jsonl:1:" in capsys.readouterr().err
+
+
+def test_one_clip_sets_and_empty_references_still_write_the_report(tmp_path, checkpoint):
+    # `distill evaluate ... --limit 1` on a caption set: CIDEr-D cannot be computed on one clip.
+    recipe = make_recipe(tmp_path)
+    recipe.eval.sets[1].metrics = ["cider_d", "bleu_4", "rouge_l", "spider"]
+    (tmp_path / "asr.jsonl").write_text(json.dumps(
+        {"id": "a0", "audio": "clip0.wav", "task": "asr", "text": "uh"}) + "\n")
+    report, paths = evaluate(recipe, checkpoint, limit=1, efficiency=False)
+    speech, sounds = json.loads(paths["json"].read_text())["sets"]
+    assert sounds["samples"] == 1
+    assert sounds["metrics"]["cider_d"]["value"] is None
+    assert "at least 2 clips" in sounds["metrics"]["cider_d"]["unavailable_reason"]
+    assert sounds["metrics"]["bleu_4"]["value"] is not None
+    assert sounds["metrics"]["rouge_l"]["value"] is not None
+    # The only reference normalises to nothing: no rate, said so, not a crash.
+    assert speech["metrics"]["wer"]["value"] is None
+    assert "every reference is empty" in speech["metrics"]["wer"]["unavailable_reason"]
+    markdown = paths["markdown"].read_text()
+    assert "unavailable: CIDEr-D needs at least 2 clips" in markdown
+    assert "unavailable: every reference is empty" in markdown
