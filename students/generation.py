@@ -24,24 +24,12 @@ from students.prompting import assemble_inputs
 if TYPE_CHECKING:
     from students.model import SalmonnStudent
 
-DEFAULT_DECODING = {
-    "num_beams": 1,
-    "max_new_tokens": 200,
-    "repetition_penalty": 1.0,
-    "length_penalty": 1.0,
-    "do_sample": False,
-    "temperature": 1.0,
-    "top_p": 1.0,
-}
-
-
 def decoding_kwargs(decoding: DecodingConfig | None, **overrides) -> dict:
-    """Arguments for ``generate``: the eval config's decoding section, then the overrides.
+    """Arguments for ``generate``: the decoding section (the reference decoding,
+    ``DecodingConfig()``, when None), then the overrides.
 
     Sampling knobs are only passed when sampling, so transformers does not warn about them."""
-    kwargs = dict(DEFAULT_DECODING)
-    if decoding is not None:
-        kwargs.update(decoding.model_dump())
+    kwargs = (decoding or DecodingConfig()).model_dump()
     kwargs.update(overrides)  # other transformers generate() options pass through untouched
     if not kwargs["do_sample"]:
         kwargs.pop("temperature")

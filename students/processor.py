@@ -100,6 +100,22 @@ class SalmonnProcessor:
             **lengths,
         )
 
+    def instruction_for(self, record: dict, *, override: str | None = None, index: int = 0) -> str:
+        """The instruction a record is prompted with: one rule for training, evaluation and the app.
+
+        In order: ``override`` (an eval set's fixed instruction), the record's own
+        ``instruction``, a QA record's ``question``, else the task's configured instruction
+        ``index`` (training draws it per sample and epoch; evaluation and the app take the first).
+        KeyError when the task has no configured instruction.
+        """
+        if override:
+            return override
+        if record.get("instruction"):
+            return record["instruction"]
+        if record.get("task") == "qa" and record.get("question"):
+            return record["question"]
+        return self.instruction(record["task"], index)
+
     def instruction(self, task: str, index: int = 0) -> str:
         """The configured instruction ``index`` (modulo their number) for ``task``."""
         choices = self.prompt.instructions.get(task)

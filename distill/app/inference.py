@@ -21,11 +21,15 @@ from pathlib import Path
 import torch
 
 from distill.errors import DistillError
+from students.config import DEFAULT_INSTRUCTIONS
 
 MAX_SECONDS = 30.0
+# Preset -> (task, the instruction when the student configures none for that task): the
+# reference instructions (students.config.DEFAULT_INSTRUCTIONS), and an example question for QA,
+# whose instruction is the question itself.
 PRESETS = {
-    "Transcribe": ("asr", "Recognize the speech and give me the transcription."),
-    "Describe the sound": ("audiocaption_v2", "Please write down what your hear in the audio."),
+    "Transcribe": ("asr", DEFAULT_INSTRUCTIONS["asr"][0]),
+    "Describe the sound": ("audiocaption_v2", DEFAULT_INSTRUCTIONS["audiocaption_v2"][0]),
     "Ask a question": ("qa", "What can you hear in this clip? Answer briefly."),
 }
 
@@ -117,7 +121,7 @@ class Responder:
         """The preset's instruction as this student was trained to see it, if configured."""
         task, fallback = PRESETS[preset]
         try:
-            return self.student.processor.instruction(task)
+            return self.student.processor.instruction_for({"task": task})
         except KeyError:
             return fallback
 

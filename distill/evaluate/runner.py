@@ -47,13 +47,8 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
 
 
 def _instruction(student, eval_set, record) -> str:
-    if eval_set.instruction:
-        return eval_set.instruction
-    if record.get("instruction"):
-        return record["instruction"]
-    if record.get("question") and eval_set.task == "qa":
-        return record["question"]
-    return student.processor.instruction(eval_set.task)
+    return student.processor.instruction_for({**record, "task": eval_set.task},
+                                             override=eval_set.instruction)
 
 
 def generate_for_set(student, recipe: Recipe, eval_set, *, limit: int | None = None):

@@ -122,10 +122,8 @@ class TrainingSet(Dataset):
         waveform = clip.waveform
         if self.augmenter is not None:
             waveform, _ = self.augmenter(waveform, sample_id, epoch)
-        instruction = record.get("instruction") or (
-            record["question"] if record["task"] == "qa" and record.get("question") else
-            self.processor.instruction(record["task"], _stable_index("prompt", sample_id, epoch))
-        )
+        instruction = self.processor.instruction_for(
+            record, index=_stable_index("prompt", sample_id, epoch))
         return self._with_targets(record, Example(sample_id, waveform, instruction, []))
 
     def _with_targets(self, record: dict, example: Example) -> Example | list[Example]:

@@ -48,8 +48,12 @@ def reference_decode(student, batch, steps, penalty=1.0, end_ids=()):
     return out
 
 
+# generate() decodes as the evaluation does (DecodingConfig: beams, penalty) unless told otherwise.
+GREEDY = {"num_beams": 1, "repetition_penalty": 1.0}
+
+
 def test_greedy_with_cache_matches_reference(student, prompt):
-    generated = student.generate(prompt, max_new_tokens=6)
+    generated = student.generate(prompt, max_new_tokens=6, **GREEDY)
     assert torch.equal(generated, reference_decode(student, prompt, 6))
 
 
@@ -72,10 +76,10 @@ def parrot(make_cfg, models_dir, tokenizer, tiny_llama_factory):
 
 def test_repetition_penalty_as_transformers_defines_it(parrot, noise):
     prompt = parrot.processor([noise(1), noise(1, 1)], ["Say it.", "Describe the sound."])
-    plain = parrot.generate(prompt, max_new_tokens=6)
+    plain = parrot.generate(prompt, max_new_tokens=6, **GREEDY)
     assert torch.equal(plain, reference_decode(parrot, prompt, 6))
     assert all(len(set(row)) == 1 for row in plain.tolist())  # the parrot repeats
-    penalised = parrot.generate(prompt, max_new_tokens=6, repetition_penalty=3.0)
+    penalised = parrot.generate(prompt, max_new_tokens=6, num_beams=1, repetition_penalty=3.0)
     assert torch.equal(penalised, reference_decode(parrot, prompt, 6, penalty=3.0))
     assert all(len(set(row)) > 1 for row in penalised.tolist())
 
@@ -92,8 +96,9 @@ def test_beam_search_finds_at_least_the_greedy_score(student, prompt):
         picked = out.logits.log_softmax(-1).gather(-1, out.labels.clamp(min=0)[..., None])[..., 0]
         return (picked * (out.labels != -100)).sum(-1)
 
-    greedy = student.generate(prompt, max_new_tokens=4)
-    beams = student.generate(prompt, max_new_tokens=4, num_beams=3, length_penalty=0.0)
+    greedy = student.generate(prompt, max_new_tokens=4, **GREEDY)
+    beams = student.generate(prompt, max_new_tokens=4, num_beams=3, length_penalty=0.0,
+                             repetition_penalty=1.0)
     assert beams.shape == greedy.shape == (2, 4)
     assert torch.all(logprob(beams) >= logprob(greedy) - 1e-4)
 
@@ -107,7 +112,8 @@ def test_generation_stops_at_an_end_id(student, prompt):
     saved = student.end_ids
     student.end_ids = [end]
     try:
-        stopped = student.generate(prompt, max_new_tokens=8, repetition_penalty=1.5)
+        stopped = student.generate(prompt, max_new_tokens=8, num_beams=1,
+                                   repetition_penalty=1.5)
     finally:
         student.end_ids = saved
     expected = reference_decode(student, prompt, 8, penalty=1.5, end_ids=[end])
@@ -120,3 +126,13 @@ def test_generation_stops_at_an_end_id(student, prompt):
     finally:
         student.processor.end_ids = saved_proc
     assert text == student.tokenizer.decode(row[:step], skip_special_tokens=True)
+
+
+def test_default_decoding_is_the_evaluation_decoding(student, prompt):
+    """One definition: generate() without a decoding section decodes as DecodingConfig()."""
+    from students.config import DecodingConfig
+
+    default = student.generate(prompt, max_new_tokens=4)
+    explicit = student.generate(prompt, DecodingConfig(max_new_tokens=4))
+    assert torch.equal(default, explicit)
+    assert DecodingConfig().num_beams == 4 and DecodingConfig().repetition_penalty == 1.5
