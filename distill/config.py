@@ -46,6 +46,7 @@ from students.config import (
     QuantizationConfig,
     WhisperEncoderConfig,
 )
+from students.config import SAMPLE_RATE as ENCODER_SAMPLE_RATE
 from teachers.config import (
     DEFAULT_TEACHER_PROMPTS,
     TeacherConfig,
@@ -228,6 +229,11 @@ class Recipe(Strict):
                 "teacher.allow_tokenizer_mismatch is not supported yet: generate-teacher and "
                 "train-student align teacher and student by token id. (distill.losses.ULD works "
                 "across tokenizers from your own loop, once you align the positions.)"
+            )
+        if self.data.audio.sample_rate != ENCODER_SAMPLE_RATE:
+            raise ValueError(
+                f"data.audio.sample_rate: the student's encoders (Whisper, BEATs) take "
+                f"{ENCODER_SAMPLE_RATE} Hz audio, got {self.data.audio.sample_rate}"
             )
         return self
 

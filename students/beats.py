@@ -20,10 +20,10 @@ import torchaudio.compliance.kaldi as kaldi
 from torch import nn
 
 from distill.errors import DistillError
+from students.config import SAMPLE_RATE
 
 FBANK_MEAN = 15.41663
 FBANK_STD = 6.55582
-SAMPLE_RATE = 16000
 # Kaldi fbank framing at 16 kHz: 25 ms windows every 10 ms, edges snipped (frames fully inside).
 _FRAME_SAMPLES, _SHIFT_SAMPLES = 400, 160
 

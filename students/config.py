@@ -159,6 +159,9 @@ class ModelConfig(Strict):
     random_init: bool = False
 
 
+# The one audio rate the student takes: Whisper's and BEATs' front ends are defined at 16 kHz.
+SAMPLE_RATE = 16000
+
 # Clips per generation batch, in `distill evaluate` (eval.batch_size) and student.transcribe.
 DEFAULT_EVAL_BATCH_SIZE = 8
 

@@ -17,13 +17,10 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
+from distill.data.dtypes import DTYPES, torch_dtype  # noqa: F401  (re-exported)
+from distill.data.tokenizers import end_token_ids  # noqa: F401  (re-exported)
+from distill.data.tokenizers import load_tokenizer as load_tokenizer_from
 from students.config import LLMConfig, MoEConfig, QuantizationConfig
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    return DTYPES[name]
 
 
 def cpu_has_bf16_matrix_units() -> bool:
@@ -73,10 +70,7 @@ def load_tokenizer(cfg: LLMConfig, *, random_init: bool = False):
             "SmolLM2-135M-Instruct's (prompt lengths differ by a few tokens)", stacklevel=2
         )
         return AutoTokenizer.from_pretrained(smollm2_instruct())
-    kwargs = {"revision": cfg.revision}
-    if cfg.gguf_file:
-        kwargs["gguf_file"] = cfg.gguf_file
-    return AutoTokenizer.from_pretrained(cfg.name_or_path, **kwargs)
+    return load_tokenizer_from(cfg.name_or_path, revision=cfg.revision, gguf_file=cfg.gguf_file)
 
 
 def quantize_linears_4bit(
@@ -224,17 +218,3 @@ def causal_lm(model: nn.Module) -> PreTrainedModel:
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
 
-
-def end_token_ids(tokenizer, model: PreTrainedModel | None = None) -> list[int]:
-    """Every id that ends an answer: the tokenizer's EOS and the generation config's EOS ids.
-
-    Upstream stopped on id 2 (LLaMA-2's EOS) whatever the tokenizer; LLaMA-3 ends with
-    ``<|eot_id|>`` or ``<|end_of_text|>``, which both must stop generation."""
-    from distill.data.targets import end_token_id
-
-    ids = [end_token_id(tokenizer)]
-    generation_config = getattr(model, "generation_config", None)
-    extra = getattr(generation_config, "eos_token_id", None)
-    if extra is not None:
-        ids += [extra] if isinstance(extra, int) else list(extra)
-    return list(dict.fromkeys(int(i) for i in ids))

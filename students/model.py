@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from distill.data.tokenizers import pad_token_id
 from students.beats import BEATs, load_beats, random_beats
 from students.config import DecodingConfig, ModelConfig
 from students.fusion import AudioFusion
@@ -85,8 +86,7 @@ class SalmonnStudent(nn.Module):
         self.llm = llm
         self.tokenizer = tokenizer
         self.end_ids = end_token_ids(tokenizer, causal_lm(llm))
-        pad = tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else self.end_ids[0])
+        self.pad_id = pad_token_id(tokenizer, self.end_ids)
         self.processor = SalmonnProcessor.from_config(cfg, tokenizer, end_ids=self.end_ids)
         self.decoding = DecodingConfig()  # what transcribe/caption/ask use; see from_pretrained
 

@@ -14,8 +14,9 @@ import torch
 
 from distill.data.config import AudioConfig
 from distill.data.targets import encode_target
-from students.config import ModelConfig, PromptConfig
-from students.llm import end_token_ids, load_tokenizer
+from distill.data.tokenizers import end_token_ids, pad_token_id
+from students.config import SAMPLE_RATE, ModelConfig, PromptConfig
+from students.llm import load_tokenizer
 from students.prompting import (
     build_attention_mask,
     build_labels,
@@ -25,8 +26,6 @@ from students.prompting import (
 )
 from students.qformer import num_windows
 from students.whisper_encoder import encoder_frames, whisper_feature_extractor
-
-SAMPLE_RATE = 16000
 
 Waveform = torch.Tensor | np.ndarray | Sequence[float]
 
@@ -68,8 +67,7 @@ class SalmonnProcessor:
         self.end_ids = end_ids if end_ids is not None else end_token_ids(tokenizer)
         self.min_samples = int(round(min_seconds * SAMPLE_RATE))
         self.max_samples = int(round(max_seconds * SAMPLE_RATE))
-        pad = tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else self.end_ids[0])
+        self.pad_id = pad_token_id(tokenizer, self.end_ids)
 
     @classmethod
     def from_config(

@@ -12,10 +12,8 @@ import torch
 from transformers import WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from students.config import WhisperEncoderConfig
+from students.config import SAMPLE_RATE, WhisperEncoderConfig
 from students.ct2_whisper import cached_conversion, is_ct2_folder
-
-SAMPLE_RATE = 16000
 
 
 class _EncoderOnly(WhisperEncoder):

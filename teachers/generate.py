@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distill.data.tokenizers import load_tokenizer
 from distill.errors import DistillError
 from teachers.backends.base import (
     GenerationSettings,
@@ -28,7 +29,7 @@ from teachers.backends.base import (
 )
 from teachers.cache.format import CachedSample, CacheMeta, rest_from_topk
 from teachers.cache.reader import open_cache, read_meta
-from teachers.cache.writer import META_NAME, CacheMetaMismatch, CacheWriter, cache_lock
+from teachers.cache.writer import META_NAME, CacheWriter, cache_lock, check_same_settings
 from teachers.fingerprint import Relation, check_compatible, fingerprint
 from teachers.prompts import (
     check_templates,
@@ -74,24 +75,15 @@ class JobSummary:
 
 
 # ------------------------------------------------------------------------------ inputs
-def load_tokenizer(name_or_path: str, revision: str | None = None, gguf_file: str | None = None):
-    from transformers import AutoTokenizer
-
-    kwargs: dict[str, Any] = {"revision": revision}
-    if gguf_file:
-        kwargs["gguf_file"] = gguf_file
-    return AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-
-
 def teacher_tokenizer(teacher):
     if teacher.tokenizer:
-        return load_tokenizer(teacher.tokenizer, teacher.revision)
-    return load_tokenizer(teacher.model, teacher.revision, teacher.gguf_file)
+        return load_tokenizer(teacher.tokenizer, revision=teacher.revision)
+    return load_tokenizer(teacher.model, revision=teacher.revision, gguf_file=teacher.gguf_file)
 
 
 def student_tokenizer(recipe):
     llm = recipe.model.llm
-    return load_tokenizer(llm.name_or_path, llm.revision, llm.gguf_file)
+    return load_tokenizer(llm.name_or_path, revision=llm.revision, gguf_file=llm.gguf_file)
 
 
 def collect_records(recipe, limit: int | None = None) -> list[dict]:
@@ -244,13 +236,7 @@ class Job:
         """The records whose ids the cache does not hold yet (the meta must match this run)."""
         stored: set[str] = set()
         if (self.cache_dir / META_NAME).exists():
-            problems = read_meta(self.cache_dir).differences(self.meta)
-            if problems:
-                raise CacheMetaMismatch(
-                    f"{self.cache_dir} holds a cache made with other settings (cached != this "
-                    "run):\n  " + "\n  ".join(problems)
-                    + "\nuse another teacher.cache_dir, or delete this cache to rebuild it"
-                )
+            check_same_settings(self.cache_dir, read_meta(self.cache_dir), self.meta)
             with open_cache(self.cache_dir) as cache:
                 stored = cache.ids()
         todo = [r for r in records if r["id"] not in stored]

@@ -173,3 +173,9 @@ def test_cross_tokenizer_pipeline_is_refused_until_supported(tmp_path):
     path = write(tmp_path / "r.yaml", "name: x\nteacher:\n  allow_tokenizer_mismatch: true\n")
     with pytest.raises(RecipeError, match="allow_tokenizer_mismatch is not supported yet"):
         load_recipe(path)
+
+
+def test_an_audio_rate_the_encoders_cannot_take_is_refused(tmp_path):
+    path = write(tmp_path / "r.yaml", "name: x\ndata:\n  audio:\n    sample_rate: 8000\n")
+    with pytest.raises(RecipeError, match="take 16000 Hz audio, got 8000"):
+        load_recipe(path)

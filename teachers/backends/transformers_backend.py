@@ -11,14 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from distill.data.dtypes import torch_dtype
 from teachers.backends.base import (
     GenerationSettings,
     TeacherBackend,
     TeacherRequest,
     TeacherResult,
 )
-
-DTYPES = {"auto": None, "bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 
 
 class TransformersBackend(TeacherBackend):
@@ -55,8 +54,7 @@ class TransformersBackend(TeacherBackend):
         kwargs: dict[str, Any] = {"revision": revision}
         if gguf_file:
             kwargs["gguf_file"] = gguf_file
-        torch_dtype = DTYPES.get(dtype)
-        kwargs["dtype"] = getattr(torch, torch_dtype) if torch_dtype else "auto"
+        kwargs["dtype"] = "auto" if dtype in (None, "auto") else torch_dtype(dtype)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model.to(device), logprob_mode=logprob_mode, max_model_len=max_model_len)

@@ -69,7 +69,12 @@ def ensure_meta(directory: Path, meta: CacheMeta) -> None:
         finally:
             temp.unlink(missing_ok=True)
     existing = CacheMeta.from_json(target.read_text(encoding="utf-8"))
-    problems = existing.differences(meta)
+    check_same_settings(directory, existing, meta)
+
+
+def check_same_settings(directory, cached: CacheMeta, wanted: CacheMeta) -> None:
+    """CacheMetaMismatch listing every setting ``cached`` and ``wanted`` differ in, if any."""
+    problems = cached.differences(wanted)
     if problems:
         raise CacheMetaMismatch(
             f"{directory} holds a cache made with other settings (cached != this run):\n  "

@@ -133,7 +133,7 @@ def test_two_generate_teacher_processes_on_one_cache_store_each_id_once(
     cache = tmp_path / "cache"
     recipe = helpers.write_recipe(tmp_path / "r.yaml", smollm2_dir, manifest, cache,
                                   backend="transformers", top_k=4, shard_size=2)
-    command = [sys.executable, "-m", "teachers.cli", "generate-teacher", str(recipe),
+    command = [sys.executable, "-m", "distill.cli", "generate-teacher", str(recipe),
                "--no-progress"]
     jobs = [subprocess.Popen(command, cwd=helpers.root, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for _ in range(2)]

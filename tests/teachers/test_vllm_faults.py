@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
 def generate(recipe, endpoint: str) -> list[str]:
-    return [sys.executable, "-m", "teachers.cli", "generate-teacher", str(recipe),
+    return [sys.executable, "-m", "distill.cli", "generate-teacher", str(recipe),
             "--endpoint", endpoint, "--no-progress"]
 
 
