@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from distill.errors import DistillError
@@ -39,6 +40,18 @@ ADAPTER_DIR = "adapter"
 
 class CheckpointMismatchError(DistillError, ValueError):
     """A checkpoint that does not fit the student it is loaded into; says what differs."""
+
+
+class CheckpointCorruptError(ValueError):
+    """A weights file that cannot be read (truncated, corrupt); the message names it."""
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` with a cut or damaged file named in one line."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise CheckpointCorruptError(f"{path}: truncated or corrupt ({err})") from None
 
 
 def architecture(student: SalmonnStudent) -> dict[str, Any]:
@@ -193,7 +206,7 @@ def load_student_weights(student: SalmonnStudent, directory: str | Path) -> None
             f"{directory}: checkpoint was saved from a different architecture:\n  "
             + "\n  ".join(diffs)
         )
-    _load_trainable_state(student, load_file(str(directory / WEIGHTS_FILE)), directory)
+    _load_trainable_state(student, _read_weights(directory / WEIGHTS_FILE), directory)
     if student.config.llm.lora.enabled:
         _load_adapter(student, directory / ADAPTER_DIR)
 
@@ -251,7 +264,7 @@ def _load_adapter(student: SalmonnStudent, adapter_dir: Path) -> None:
     path = adapter_dir / "adapter_model.safetensors"
     if not path.is_file():
         raise CheckpointMismatchError(f"{path}: LoRA adapter missing from the checkpoint")
-    state = load_file(str(path))
+    state = _read_weights(path)
     expected = get_peft_model_state_dict(student.llm)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

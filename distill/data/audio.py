@@ -48,6 +48,7 @@ _READ_BLOCK_FRAMES = 1 << 16
 RESAMPLE_QUALITY = "HQ"
 # soundfile major formats whose frame count is an estimate, not a promise (see the module text).
 _ESTIMATED_COUNT_FORMATS = frozenset({"MP3", "OGG"})
+_UNKNOWN_FRAMES = 2**63 - 1  # libsndfile's SF_COUNT_MAX: the file does not say its length
 
 
 class AudioError(DistillError, ValueError):
@@ -128,6 +129,10 @@ def _decode_first_channel(
     try:
         with sf.SoundFile(path) as audio:
             declared, source_rate, major = audio.frames, audio.samplerate, audio.format
+            if declared == _UNKNOWN_FRAMES:  # e.g. a FLAC streamed out with total samples 0
+                needed = -(-(keep_samples + 1) * source_rate // sample_rate)
+                declared = _decodable_frames(path, needed + _READ_BLOCK_FRAMES)
+                major = "unknown length"  # what decodes is the clip, as for MP3 and Ogg
             wav_frames = _wav_header_frames(path)
             if wav_frames is not None and wav_frames > declared:
                 # Checked before decoding: the kept part may end before the missing bytes.
@@ -137,7 +142,7 @@ def _decode_first_channel(
             )
     except sf.SoundFileError as err:
         raise _audio_error(path, "undecodable", f"could not be decoded: {err}") from None
-    if at_end and major not in _ESTIMATED_COUNT_FORMATS and read < declared:
+    if at_end and major not in _ESTIMATED_COUNT_FORMATS | {"unknown length"} and read < declared:
         raise _truncated(path, declared, read)
     if read == 0:
         raise _audio_error(path, "empty", "audio is empty (0 samples)")
@@ -169,15 +174,19 @@ def _read_resampled(
     blocks: list[np.ndarray] = []
     kept = read = 0
     at_end = False
+    block = np.zeros((0, audio.channels), dtype=np.float32)
     while kept <= keep_samples:
         try:
-            block = audio.read(_READ_BLOCK_FRAMES, dtype="float32", always_2d=True)
+            # Never past the count: libsndfile's FLAC reader fails on a read crossing the end.
+            size = min(_READ_BLOCK_FRAMES, max(declared_frames - read, 0))
+            block = audio.read(size, dtype="float32", always_2d=True) if size else block[:0]
         except sf.SoundFileError as err:
+            decodable = _decodable_frames(path, declared_frames)  # the failed read lost its part
             raise _audio_error(
                 path,
                 "truncated",
                 f"is truncated or corrupt: header says {declared_frames} frames, "
-                f"decoding failed after {read}: {err}",
+                f"decoding fails after {decodable}: {err}",
             ) from None
         at_end = len(block) == 0
         channel = np.ascontiguousarray(block[:, 0])
@@ -191,6 +200,31 @@ def _read_resampled(
         if at_end:
             break
     return np.concatenate(blocks), read, at_end
+
+
+def _decodable_frames(path: Path, enough: int) -> int:
+    """How many frames a file of unknown length decodes (at most about ``enough``).
+
+    libsndfile reports such a file (a FLAC whose STREAMINFO total is 0, as streaming encoders
+    write it) as SF_COUNT_MAX frames and fails on the read that crosses the real end, losing
+    that read's samples; so the end is found with ever smaller reads (each pass re-decodes from
+    the start, at most ``enough`` frames: five passes at worst, only for such files).
+    """
+    good, step = 0, _READ_BLOCK_FRAMES
+    while step >= 1:
+        with sf.SoundFile(path) as audio:
+            try:
+                if good:
+                    audio.read(good, dtype="float32")
+                while good < enough:
+                    got = len(audio.read(step, dtype="float32"))
+                    good += got
+                    if got < step:
+                        return good
+                return good
+            except sf.SoundFileError:
+                step //= 16
+    return good
 
 
 def _wav_header_frames(path: Path) -> int | None:

@@ -12,7 +12,9 @@ one. Resuming takes the newest checkpoint that loads, and says which it skipped 
 
 Trainer state is loaded with ``torch.load(..., weights_only=True)``: a pickle from elsewhere
 cannot run code on load. It holds only tensors, numbers, strings and containers (the numpy RNG
-state is stored as a tensor and numbers for that reason), so no extra type is allow-listed.
+state is stored as a tensor and numbers for that reason). Only for trainer states written before
+that, which hold numpy's RNG key array, are numpy's array-rebuilding types allow-listed (they
+rebuild arrays, never call anything else).
 """
 
 from __future__ import annotations
@@ -49,10 +51,16 @@ def save_trainer_state(state: dict, path: Path) -> None:
     torch.save(state, path)
 
 
+# What a numpy uint32 array (np.random.get_state()'s keys) needs to unpickle.
+_LEGACY_NUMPY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype,
+                         np.dtypes.UInt32DType]
+
+
 def load_trainer_state(path: Path) -> dict:
     """``torch.load(path, weights_only=True)``, with each failure named in one line."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"WeightsUnpickler error:\s*(Unsupported global: GLOBAL (\S+)|.+)", str(err))
         if found is None:
@@ -90,8 +98,10 @@ def capture_rng_state() -> dict:
 def restore_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     numpy_state = state["numpy"]
-    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32),
-                         numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached"]))
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32),
+                       numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached"])
+    np.random.set_state(numpy_state)  # a tuple: a trainer state written before the dict form
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from tqdm import tqdm
 
 from distill.config import Recipe
@@ -356,14 +355,16 @@ class Trainer:
                 "supported yet (ZeRO optimizer state is partitioned per rank); resume with one "
                 "process, or start from the weights with train.init_from"
             )
+        from students.checkpoint import CheckpointCorruptError
+
         student = self.accelerator.unwrap_model(self.student)
 
         def load(folder: Path) -> dict:
             state = load_trainer_state(folder / TRAINER_STATE)
             try:
                 student.load_trainable(folder / STUDENT_DIR)
-            except (OSError, SafetensorError) as err:
-                raise CheckpointError(f"{folder / STUDENT_DIR}: truncated or corrupt ({err})") from None
+            except (OSError, CheckpointCorruptError) as err:
+                raise CheckpointError(f"{folder / STUDENT_DIR}: cannot be loaded ({err})") from None
             return state
 
         self.resumed_from, state = self.checkpoints.load_latest(load)

@@ -129,3 +129,15 @@ def test_other_llm_hidden_size_is_refused(make_cfg, saved, models_dir, tokenizer
 def test_missing_checkpoint_names_the_folder(student, tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         student.load_trainable(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.5, 0.99])
+def test_a_truncated_weights_file_is_one_clear_error(student, tmp_path, keep):
+    from students.checkpoint import WEIGHTS_FILE, CheckpointCorruptError, load_student_weights
+
+    folder = student.save_pretrained(tmp_path / "ckpt")
+    weights = folder / WEIGHTS_FILE
+    data = weights.read_bytes()
+    weights.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(CheckpointCorruptError, match=f"{weights}: truncated or corrupt"):
+        load_student_weights(student, folder)

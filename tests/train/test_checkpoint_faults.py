@@ -64,6 +64,18 @@ def test_trainer_state_round_trips_under_weights_only(tmp_path):
     assert torch.equal(torch.rand(2), expected[2])
 
 
+def test_a_trainer_state_written_before_the_plain_rng_form_still_loads(tmp_path):
+    # Earlier versions saved np.random.get_state() as is: a numpy array inside.
+    state = real_trainer_state()
+    state["rng"]["numpy"] = np.random.get_state()
+    torch.save(state, tmp_path / "trainer_state.pt")
+    expected = np.random.random()
+
+    restore_rng_state(load_trainer_state(tmp_path / "trainer_state.pt")["rng"])
+
+    assert np.random.random() == expected
+
+
 class Payload:
     """Unpickling this creates ``marker`` (``open(marker, "w")``): a plain pickle load runs it."""
 
