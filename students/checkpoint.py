@@ -42,7 +42,7 @@ class CheckpointMismatchError(DistillError, ValueError):
     """A checkpoint that does not fit the student it is loaded into; says what differs."""
 
 
-class CheckpointCorruptError(ValueError):
+class CheckpointCorruptError(DistillError, ValueError):
     """A weights file that cannot be read (truncated, corrupt); the message names it."""
 
 

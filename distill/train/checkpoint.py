@@ -34,12 +34,14 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from distill.errors import DistillFailure
+
 STEP_PREFIX = "step-"
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(DistillFailure, RuntimeError):
     """A checkpoint that cannot be written or loaded; the message names the file or folder."""
 
 

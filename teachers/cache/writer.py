@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from distill.errors import DistillError
+from distill.errors import DistillError, DistillFailure
 from teachers.cache.format import CachedSample, CacheMeta, encode_record
 
 META_NAME = "meta.json"
@@ -37,7 +37,7 @@ TEMP_PREFIX = ".tmp-"
 LOCK_NAME = ".lock"
 
 
-class CacheWriteError(OSError):
+class CacheWriteError(DistillFailure, OSError):
     """A shard could not be written (e.g. the disk is full); earlier shards are intact."""
 
 
