@@ -429,11 +429,8 @@ def train_student(recipe: Recipe, *, resume: bool = False, run_eval: bool | None
         print(f"resumed at step {trainer.progress.step} from {trainer.checkpoints.latest()}")
     best = trainer.train()
     if (recipe.train.evaluate_when_done if run_eval is None else run_eval) and recipe.eval.sets:
-        from distill.evaluate.report import report_to_json
-        from distill.evaluate.runner import check_checkpoint, evaluate
-        from students.card import refresh_card
+        from distill.evaluate.runner import evaluate
 
-        report, paths = evaluate(recipe, best)
-        refresh_card(check_checkpoint(best), report=report_to_json(report))  # card shows scores
+        _, paths = evaluate(recipe, best)  # also puts the scores into best's model card
         print(f"evaluation report: {paths['markdown']}")
     return best

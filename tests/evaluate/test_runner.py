@@ -127,3 +127,20 @@ def test_bad_manifest_names_the_file_and_line(tmp_path, checkpoint, capsys):
     recipe_file.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
     assert main(["evaluate", str(recipe_file), "--checkpoint", str(checkpoint)]) == EXIT_BAD_INPUT
     assert "asr.jsonl:1:" in capsys.readouterr().err
+
+
+def test_evaluation_goes_into_the_checkpoints_model_card(tmp_path, checkpoint):
+    import shutil
+
+    import yaml
+
+    own = shutil.copytree(checkpoint, tmp_path / "ckpt")
+    assert "No evaluation report yet" in (own / "README.md").read_text()
+    report, _ = evaluate(make_recipe(tmp_path), own, efficiency=False)
+    card = (own / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    metrics = {(r["dataset"]["name"], m["type"]): m["value"]
+               for r in front["model-index"][0]["results"] for m in r["metrics"]}
+    wer = report.sets[0].metrics["wer"]["value"]
+    assert metrics[("speech", "wer")] == pytest.approx(wer, abs=1e-4)
+    assert f"| speech | asr | 3 | wer | {wer:.4g} |" in card
