@@ -233,7 +233,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "      train-student recipes/salmonn_1b.yaml\n"
         "Checkpoints (every train.checkpoint.every_steps, the last K kept, the best apart) hold\n"
         "everything a resume needs; --resume continues from the latest one exactly. TensorBoard\n"
-        "logs go to <train.output_dir>/tensorboard.",
+        "logs go to <train.output_dir>/tensorboard; train.report_to adds wandb or mlflow.",
     )
     _recipe_arg(parser)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")

@@ -177,6 +177,9 @@ class TrainConfig(Strict):
     deepspeed_config: str | None = None
     init_from: str | None = None
     evaluate_when_done: bool = True
+    # Run trackers, through accelerate's (W&B: set WANDB_MODE=offline to log without a network).
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"])
 
 
 # ---------------------------------------------------------------------------------------- eval

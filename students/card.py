@@ -226,7 +226,7 @@ def render_card(context: CardContext, *, disk_bytes: int | None = None) -> str:
         "whisper": f"{cfg.whisper.name_or_path} encoder" + (" (frozen)" if cfg.whisper.freeze else ""),
         "beats": f"BEATs {cfg.beats.checkpoint}" + (" (frozen)" if cfg.beats.freeze else ""),
         "fusion": "layer norms of the encoder outputs",
-        "qformer": f"{cfg.qformer.num_layers} layers, {cfg.qformer.queries_per_window} query per "
+        "qformer": f"{cfg.qformer.num_layers} layer(s), {cfg.qformer.queries_per_window} query per "
                    f"{cfg.qformer.window_frames}-frame window, width {cfg.qformer.hidden_size}",
         "projection": "Q-Former width -> LLM width",
         "llm": llm_kind,

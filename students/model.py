@@ -138,8 +138,13 @@ class SalmonnStudent(nn.Module):
         tokenizer=None,
     ) -> SalmonnStudent:
         """Rebuild from the saved config (or ``config``, which must describe the same
-        architecture) and load the saved trainable weights."""
-        from students.checkpoint import read_config
+        architecture) and load the saved trainable weights. ``directory`` may also be a trainer
+        checkpoint (``runs/<run>/best``), whose ``student/`` folder is loaded."""
+        from students.checkpoint import CONFIG_FILE, read_config
+
+        if not (Path(directory) / CONFIG_FILE).is_file() and (
+                Path(directory) / "student" / CONFIG_FILE).is_file():
+            directory = Path(directory) / "student"
 
         student = cls.from_config(
             config if config is not None else read_config(directory),

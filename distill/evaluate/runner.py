@@ -166,4 +166,19 @@ def evaluate(recipe: Recipe, checkpoint: str | Path, *, output_dir: str | Path |
         report.efficiency = measure_efficiency(
             student, efficiency_clip(recipe, eff_cfg.clip_seconds), instruction,
             warmup_runs=eff_cfg.warmup_runs, timed_runs=eff_cfg.timed_runs)
-    return report, write_report(report, out)
+    paths = write_report(report, out)
+    _update_model_card(checkpoint, report)
+    return report, paths
+
+
+def _update_model_card(checkpoint: Path, report: EvaluationReport) -> None:
+    """The checkpoint's model card shows its last evaluation (students.card)."""
+    from distill.evaluate.report import report_to_json
+    from students.card import CONTEXT_FILE, refresh_card
+
+    if not (checkpoint / CONTEXT_FILE).is_file():
+        return
+    try:
+        refresh_card(checkpoint, report=report_to_json(report))
+    except OSError as err:  # a read-only checkpoint keeps its card; the report is written
+        print(f"note: model card of {checkpoint} not updated: {err}")

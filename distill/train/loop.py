@@ -47,6 +47,8 @@ from distill.train.data import (
 )
 from distill.train.optim import build_optimizer
 from distill.train.schedule import build_scheduler
+from distill.train.tracking import init_kwargs as tracker_init_kwargs
+from distill.train.tracking import run_config, scalar_tag, trackers
 
 TRAINER_STATE = "trainer_state.pt"
 STUDENT_DIR = "student"
@@ -93,7 +95,7 @@ class Trainer:
             plugin = DeepSpeedPlugin(hf_ds_config=cfg.deepspeed_config)
         self.accelerator = accelerator or Accelerator(
             mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accumulation,
-            deepspeed_plugin=plugin,
+            deepspeed_plugin=plugin, log_with=trackers(recipe),
         )
         set_seed(cfg.seed)
         self._fill_deepspeed_config()
@@ -122,7 +124,7 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.output_dir, cfg.checkpoint.keep_last)
         self.progress = Progress()
         self.stats = DataStats()
-        self.writer = None
+        self.tracking = False  # trackers start with the first log line
 
     def _fill_deepspeed_config(self) -> None:
         """The recipe decides batch size, accumulation and precision; DeepSpeed's "auto" fields
@@ -399,15 +401,14 @@ class Trainer:
     def _log(self, values: dict) -> None:
         if not self.accelerator.is_main_process:
             return
-        if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.output_dir / "tensorboard"))
+        if not self.tracking:
+            self.accelerator.init_trackers(
+                self.recipe.name, config=run_config(self.recipe, getattr(self.cache, "meta", None)),
+                init_kwargs=tracker_init_kwargs(self.recipe))
+            self.tracking = True
         step = self.progress.step
-        for name, value in values.items():
-            if isinstance(value, float) and math.isfinite(value):
-                self.writer.add_scalar(f"train/{name}" if name not in ("valid_loss", "token_accuracy")
-                                       else f"valid/{name}", value, step)
+        self.accelerator.log({scalar_tag(name): value for name, value in values.items()
+                              if isinstance(value, float) and math.isfinite(value)}, step=step)
         with (self.output_dir / LOG_FILE).open("a") as handle:
             handle.write(json.dumps({"step": step, **values}) + "\n")
 
@@ -463,8 +464,9 @@ class Trainer:
                 if self.accelerator.is_main_process:
                     last = self.save(metric)
         bar.close()
-        if self.writer is not None:
-            self.writer.close()
+        if self.tracking:
+            self.accelerator.end_training()  # flushes TensorBoard, finishes the W&B/MLflow run
+            self.tracking = False
         print(f"training done: {self.stats.summary()}")
         return self.checkpoints.best() or last or self.checkpoints.latest()
 
@@ -475,11 +477,8 @@ def train_student(recipe: Recipe, *, resume: bool = False, run_eval: bool | None
         print(f"resumed at step {trainer.progress.step} from {trainer.resumed_from}")
     best = trainer.train()
     if (recipe.train.evaluate_when_done if run_eval is None else run_eval) and recipe.eval.sets:
-        from distill.evaluate.report import report_to_json
-        from distill.evaluate.runner import check_checkpoint, evaluate
-        from students.card import refresh_card
+        from distill.evaluate.runner import evaluate
 
-        report, paths = evaluate(recipe, best)
-        refresh_card(check_checkpoint(best), report=report_to_json(report))  # card shows scores
+        _, paths = evaluate(recipe, best)  # also puts the scores into best's model card
         print(f"evaluation report: {paths['markdown']}")
     return best

@@ -148,3 +148,20 @@ def test_one_clip_sets_and_empty_references_still_write_the_report(tmp_path, che
     markdown = paths["markdown"].read_text()
     assert "unavailable: CIDEr-D needs at least 2 clips" in markdown
     assert "unavailable: every reference is empty" in markdown
+
+
+def test_evaluation_goes_into_the_checkpoints_model_card(tmp_path, checkpoint):
+    import shutil
+
+    import yaml
+
+    own = shutil.copytree(checkpoint, tmp_path / "ckpt")
+    assert "No evaluation report yet" in (own / "README.md").read_text()
+    report, _ = evaluate(make_recipe(tmp_path), own, efficiency=False)
+    card = (own / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    metrics = {(r["dataset"]["name"], m["type"]): m["value"]
+               for r in front["model-index"][0]["results"] for m in r["metrics"]}
+    wer = report.sets[0].metrics["wer"]["value"]
+    assert metrics[("speech", "wer")] == pytest.approx(wer, abs=1e-4)
+    assert f"| speech | asr | 3 | wer | {wer:.4g} |" in card

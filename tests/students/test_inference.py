@@ -90,3 +90,10 @@ def test_unreadable_audio_names_the_file(student, tmp_path):
     bad.write_bytes(b"not audio")
     with pytest.raises(AudioError, match="bad.wav"):
         student.transcribe([str(bad)])
+
+
+def test_from_pretrained_takes_a_trainer_checkpoint(student, tmp_path, clips):
+    student.save_pretrained(tmp_path / "step-00000010" / "student")
+    loaded = SalmonnStudent.from_pretrained(tmp_path / "step-00000010").eval()
+    assert loaded.transcribe(clips[0], max_new_tokens=4) == student.transcribe(clips[0],
+                                                                                max_new_tokens=4)

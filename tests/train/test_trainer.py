@@ -371,3 +371,89 @@ def test_kd_is_the_mean_over_teacher_rows_when_some_samples_are_ce_only(workspac
     log = read_log(tmp_path / "out")[0]
     assert log["kd"] == pytest.approx(expected_kd, rel=1e-4)
     assert log["ce"] + log["ce_only"] == pytest.approx(expected_ce, rel=1e-4)
+
+
+def test_report_to_tensorboard_and_wandb_offline(workspace, tmp_path, monkeypatch):
+    """Both trackers get every logged number and the run config (recipe + cache meta digest).
+    W&B runs in offline mode (no network here): its run folder is read back from disk."""
+    pytest.importorskip("wandb")
+    import hashlib
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    fresh_accelerate_state()
+    Trainer(make_recipe(workspace, tmp_path, max_steps=3, report_to=["tensorboard", "wandb"])
+            ).train()
+    logged = read_log(tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    losses = [e.value for e in events.Scalars("train/loss")]
+    assert losses == pytest.approx([row["loss"] for row in logged], rel=1e-6)
+
+    root, _ = workspace
+    digest = hashlib.sha256((root / "cache" / "meta.json").read_bytes()).hexdigest()
+    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    config, history = read_wandb_offline_run(run_file)
+    assert json.loads(config["recipe.name"]) == "tiny"
+    assert json.loads(config["teacher_cache.meta_sha256"]) == digest
+    assert json.loads(config["recipe.train.max_steps"]) == 3
+    assert [step for step, _ in history] == [1, 2, 3]
+    assert [float(items["train/loss"]) for _, items in history] == pytest.approx(
+        [row["loss"] for row in logged], rel=1e-6)
+
+
+def read_wandb_offline_run(path: Path) -> tuple[dict, list[tuple[int, dict]]]:
+    """(config items, [(step, history items)]) of an offline W&B run file, as JSON strings.
+
+    wandb 0.31 no longer ships a Python reader, so the file is read here: a 7-byte header
+    (":W&B", magic 0xBEE1, version), then LevelDB's log format (32 KiB blocks; each chunk a
+    <crc32, length, type> header, types 1 full, 2 first, 3 middle, 4 last) holding serialised
+    ``wandb_internal_pb2.Record`` messages.
+    """
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, pos, parts = path.read_bytes(), 32768, 7, []
+    assert data[:4] == b":W&B"
+    config, history = {}, []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7]) if left >= 7 else (0, 0, 0)
+        if kind == 0:  # block padding
+            pos += left
+            continue
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        parts = [chunk] if kind in (1, 2) else [*parts, chunk]
+        if kind not in (1, 4):
+            continue
+        record = wandb_internal_pb2.Record.FromString(b"".join(parts))
+        name = lambda item: item.key or "/".join(item.nested_key)  # noqa: E731
+        if record.WhichOneof("record_type") == "config":
+            config.update({name(i): i.value_json for i in record.config.update})
+        elif record.WhichOneof("record_type") == "history":
+            history.append((record.history.step.num,
+                            {name(i): i.value_json for i in record.history.item}))
+    return config, history
+
+
+def test_report_to_names_a_missing_tracker(workspace, tmp_path, monkeypatch):
+    from accelerate.utils import is_mlflow_available
+
+    from distill.config import RecipeError
+
+    if is_mlflow_available():
+        pytest.skip("mlflow is installed here")
+    fresh_accelerate_state()
+    with pytest.raises(RecipeError, match="train.report_to: mlflow is not installed"):
+        Trainer(make_recipe(workspace, tmp_path, report_to=["mlflow"]))
+
+
+def test_report_to_rejects_an_unknown_tracker(tmp_path):
+    from distill.config import RecipeError, load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\ntrain:\n  report_to: [tensorboard, neptune]\n")
+    with pytest.raises(RecipeError, match="train.report_to.1"):
+        load_recipe(path)
