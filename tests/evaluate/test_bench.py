@@ -9,7 +9,7 @@ import yaml
 
 from distill.cli import main
 from distill.config import Recipe
-from distill.evaluate.bench import BenchOptions, bench_recipe, component_sizes
+from distill.evaluate.bench import BenchOptions, component_sizes
 from students import SalmonnStudent
 
 
