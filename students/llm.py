@@ -193,11 +193,12 @@ def _random_llm(cfg: LLMConfig, *, dtype, device, quantize: bool) -> PreTrainedM
     from students.shapes import hf_config
 
     config = hf_config(cfg.name_or_path, "model.llm.name_or_path")
-    model = AutoModelForCausalLM.from_config(
-        config, dtype=dtype, attn_implementation=resolve_attn_implementation(cfg.attn_implementation)
-    )
-    if device is not None:
-        model.to(device)
+    with torch.device(device if device is not None else "cpu"):  # initialise where it will run
+        model = AutoModelForCausalLM.from_config(
+            config,
+            dtype=dtype,
+            attn_implementation=resolve_attn_implementation(cfg.attn_implementation),
+        )
     if quantize:
         quantize_linears_4bit(model.get_decoder(), cfg.quantization, device=device)
         # What transformers' bitsandbytes quantizer marks on a 4-bit load; peft reads it to wrap
