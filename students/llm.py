@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
-from distill.config import LLMConfig, MoEConfig, QuantizationConfig
+from distill.config import LLMConfig, MoEConfig, QuantizationConfig, RecipeError
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -213,7 +213,7 @@ def check_vocabulary(tokenizer, model: PreTrainedModel, name: str) -> None:
     ids = len(tokenizer)
     rows = model.get_input_embeddings().weight.shape[0]
     if ids > rows:
-        raise ValueError(
+        raise RecipeError(
             f"model.llm.name_or_path {name!r}: the tokenizer has {ids} token ids but the LLM's "
             f"embedding has {rows} rows (vocab_size); ids >= {rows} would index out of range: "
             "use the tokenizer that belongs to this model"
