@@ -1,7 +1,7 @@
 """Chunked sparse top-k KL (distill.losses, hidden-state path) against the naive version.
 
     python benchmarks/bench_losses.py [--tokens 4096 --vocab 128256 --hidden 2048 --k 64
-                                       --chunk-size 256 --threads N --repeats 1]
+                                       --chunk-size 256 --threads N --repeats 1 --device cpu]
 
 Both variants compute the same loss, forward KL with a cached top-k teacher in "bucket"
 mode (k kept ids + one rest category), and its gradient w.r.t. bf16 hidden states with the
@@ -15,6 +15,9 @@ naive backward alone would take over an hour), so the naive variant multiplies i
 its fp32 copy of the weight is built before the baseline and is NOT counted in its peak,
 which makes the memory ratio conservative. The chunked variant upcasts one vocab block at
 a time inside the measurement.
+
+With ``--device cuda`` the inputs live on the GPU, time is synchronised, and peak memory is
+``torch.cuda.max_memory_allocated`` above the allocation once inputs are built.
 """
 
 import argparse
@@ -49,6 +52,7 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=1,
                         help="fresh subprocesses per variant, alternating; min time is kept")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--worker", choices=["naive", "chunked"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -93,6 +97,12 @@ def memory_kib():
 def run_worker(args):
     torch.set_num_threads(args.threads)
     hidden, weight, teacher, labels = build_inputs(args)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        hidden = hidden.detach().to(device).requires_grad_()
+        weight, labels = weight.to(device), labels.to(device)
+        teacher = TopKTargets(teacher.ids.to(device), teacher.logprobs.to(device))
     if args.worker == "naive":
         weight_fp32 = weight.float()  # input prep, outside the measurement (see docstring)
 
@@ -106,13 +116,20 @@ def run_worker(args):
     step(slice(0, 64)).backward()  # warm-up: kernels, thread pool
     hidden.grad = None
     gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    baseline = memory_kib()["VmRSS"]
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device) / 1024
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        baseline = memory_kib()["VmRSS"]
     start, start_cpu = time.perf_counter(), time.process_time()
     loss = step(slice(None))
     loss.backward()
+    if cuda:
+        torch.cuda.synchronize(device)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
-    peak = memory_kib()["VmHWM"]
+    peak = torch.cuda.max_memory_allocated(device) / 1024 if cuda else memory_kib()["VmHWM"]
     print(json.dumps({
         "variant": args.worker, "peak_mib": (peak - baseline) / 1024, "seconds": seconds,
         "cpu_seconds": cpu_seconds, "loss": loss.item(),
@@ -137,7 +154,7 @@ def main():
     argv = sys.argv[1:]
     print(f"tokens={args.tokens} vocab={args.vocab} hidden={args.hidden} k={args.k} "
           f"chunk_size={args.chunk_size} threads={args.threads} repeats={args.repeats} "
-          f"dtype=bf16 device=cpu cpus={os.cpu_count()} torch={torch.__version__}")
+          f"dtype=bf16 device={args.device} cpus={os.cpu_count()} torch={torch.__version__}")
     runs = {"naive": [], "chunked": []}
     for _ in range(args.repeats):  # alternate, so background load hits both alike
         for variant in runs:
@@ -148,8 +165,12 @@ def main():
                       "loss": rs[0]["loss"], "grad_norm": rs[0]["grad_norm"]}
             for variant, rs in runs.items()}
     naive = best["naive"]
-    print("\nPeak memory: VmHWM - VmRSS once inputs are built, each run in a fresh subprocess")
-    print("with VmHWM reset via /proc/self/clear_refs (max over runs). Time: one forward +")
+    if args.device.startswith("cuda"):
+        print("\nPeak memory: max allocated GPU memory above the inputs, each run in a fresh")
+        print("subprocess (max over runs). Time (synchronised): one forward +")
+    else:
+        print("\nPeak memory: VmHWM - VmRSS once inputs are built, each run in a fresh subprocess")
+        print("with VmHWM reset via /proc/self/clear_refs (max over runs). Time: one forward +")
     print("backward w.r.t. hidden (lm_head frozen), wall and process CPU (min over runs).\n")
     print("| variant | peak MiB | x naive | wall s | x naive | CPU s | x naive | loss | grad norm |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -24,6 +24,7 @@ The pipeline, left to right (every step reads one YAML recipe, see recipes/):
   train-student     fit the SALMONN-style student with CE + KD from the cache
   evaluate          WER, caption metrics and efficiency (TTFT, TPOT, memory) -> a report
   export            a trained student as one self-contained folder (optionally LoRA merged)
+  bench             costs at real shapes (random weights): TTFT, TPOT, memory, a training step
   demo              all of the above, tiny, on a laptop CPU
   app               a web page to try a trained student on a clip
   convert-whisper   a faster-whisper (CTranslate2) Whisper checkpoint -> transformers folder
@@ -286,6 +287,82 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_cmd_evaluate)
 
 
+# ------------------------------------------------------------------------------------- bench
+# ------------------------------------------------------------------------------------- bench
+BENCH_HELP = """\
+For each recipe: parameters and bytes per component (frozen, trainable, 4-bit), the reference
+efficiency protocol (batch 1, a fixed clip of eval.efficiency.clip_seconds, the ASR prompt,
+warm-up then timed runs, synchronised: TTFT, TPOT, latency, peak memory), a short greedy
+generate, and training steps at the recipe's batch (step time, target tokens/s, peak memory,
+the clipper's decisions). The first recipe is the baseline: the others' memory and latency are
+also given as its multiples. With --random-weights (or model.random_init in the recipe) no
+model hub is needed: the real shapes come from students/shapes.py. On a CPU: 1 warm-up + 3
+timed runs unless told otherwise, and float32 when bf16 would run on a CPU without bf16 units."""
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from distill.bench import BenchOptions, bench_recipe, render, write_results
+    from distill.config import RecipeError, load_recipe
+
+    options = BenchOptions(
+        device=args.device, random_weights=args.random_weights, dtype=args.dtype,
+        encoder_dtype=args.encoder_dtype, attn=args.attn, static_cache=args.static_cache,
+        compile_decode=args.compile_decode, warmup_runs=args.warmup, timed_runs=args.timed,
+        train_steps=args.train_steps, batch_size=args.batch_size,
+        generate_tokens=args.generate_tokens,
+    )
+    try:
+        recipes = [load_recipe(path) for path in args.recipes]
+        results = [bench_recipe(recipe, options, log=lambda m: print(m, file=sys.stderr))
+                   for recipe in recipes]
+    except (RecipeError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    command = "distill " + " ".join(args.argv)
+    print(render(results, command))
+    if args.output_dir is not None:
+        for path in write_results(results, command, args.output_dir):
+            print(f"written: {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    parser = _add(
+        sub,
+        "bench",
+        "Measure a student's costs at its real shapes: TTFT, TPOT, memory, a training step.",
+        "distill bench recipes/salmonn_1b.yaml --random-weights",
+        BENCH_HELP,
+    )
+    parser.add_argument("recipes", nargs="+", type=Path,
+                        help="one or more recipes; the first is the baseline of the ratios")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="random weights at the real shapes (model.random_init)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                        default="auto", help="compute dtype; auto: the recipe's (float32 for "
+                        "bf16 on a CPU without bf16 matrix units)")
+    parser.add_argument("--encoder-dtype", choices=["compute", "float32"], default=None,
+                        help="lever: model.whisper.dtype (default: the recipe's)")
+    parser.add_argument("--attn", choices=["auto", "flash_attention_2", "sdpa", "eager"],
+                        default=None, help="lever: the LLM's attention (default: the recipe's)")
+    parser.add_argument("--static-cache", action="store_true",
+                        help="lever: a preallocated KV cache for the decode step")
+    parser.add_argument("--compile-decode", action="store_true",
+                        help="lever: torch.compile the decode step")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="warm-up runs (default: the recipe's on a GPU, 1 on a CPU)")
+    parser.add_argument("--timed", type=int, default=None,
+                        help="timed runs (default: the recipe's on a GPU, 3 on a CPU)")
+    parser.add_argument("--train-steps", type=int, default=1, help="0 skips training")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="training batch (default: the recipe's train.batch_size)")
+    parser.add_argument("--generate-tokens", type=int, default=8)
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="also write bench.md and bench.json there")
+    parser.set_defaults(func=_cmd_bench)
+
+
 # --------------------------------------------------------------------------- convert-whisper
 def _cmd_convert_whisper(args: argparse.Namespace) -> int:
     from students.ct2_whisper import CT2ConversionError, convert_ct2_whisper, resolve_source
@@ -331,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_bench(sub)
     _add_app(sub)
     from distill import export
 
@@ -347,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     the user as a traceback. Anything else is a bug and keeps its traceback.
     """
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # to print the command
     try:
         return args.func(args)
     except DistillError as err:

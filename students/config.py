@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from distill.errors import DistillError
 from distill.schema import (
     Dtype,
     NonNegFloat,
@@ -157,6 +158,11 @@ class ModelConfig(Strict):
     # Random weights at the named models' real shapes (students.shapes), built through the same
     # 4-bit / MoE / LoRA steps as a real load: for measuring memory and speed without a model hub.
     random_init: bool = False
+
+
+class StudentConfigError(DistillError, ValueError):
+    """A model section that cannot build a student (a tokenizer larger than the LLM's embedding,
+    a random-init shape that is not known); the message names the key."""
 
 
 # The one audio rate the student takes: Whisper's and BEATs' front ends are defined at 16 kHz.

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from distill.data.dtypes import DTYPES, torch_dtype  # noqa: F401  (re-exported)
 from distill.data.tokenizers import end_token_ids  # noqa: F401  (re-exported)
 from distill.data.tokenizers import load_tokenizer as load_tokenizer_from
-from students.config import LLMConfig, MoEConfig, QuantizationConfig
+from students.config import LLMConfig, MoEConfig, QuantizationConfig, StudentConfigError
 
 
 def cpu_has_bf16_matrix_units() -> bool:
@@ -187,11 +187,12 @@ def _random_llm(cfg: LLMConfig, *, dtype, device, quantize: bool) -> PreTrainedM
     from students.shapes import hf_config
 
     config = hf_config(cfg.name_or_path, "model.llm.name_or_path")
-    model = AutoModelForCausalLM.from_config(
-        config, dtype=dtype, attn_implementation=resolve_attn_implementation(cfg.attn_implementation)
-    )
-    if device is not None:
-        model.to(device)
+    with torch.device(device if device is not None else "cpu"):  # initialise where it will run
+        model = AutoModelForCausalLM.from_config(
+            config,
+            dtype=dtype,
+            attn_implementation=resolve_attn_implementation(cfg.attn_implementation),
+        )
     if quantize:
         quantize_linears_4bit(model.get_decoder(), cfg.quantization, device=device)
         # What transformers' bitsandbytes quantizer marks on a 4-bit load; peft reads it to wrap
@@ -206,7 +207,7 @@ def check_vocabulary(tokenizer, model: PreTrainedModel, name: str) -> None:
     ids = len(tokenizer)
     rows = model.get_input_embeddings().weight.shape[0]
     if ids > rows:
-        raise ValueError(
+        raise StudentConfigError(
             f"model.llm.name_or_path {name!r}: the tokenizer has {ids} token ids but the LLM's "
             f"embedding has {rows} rows (vocab_size); ids >= {rows} would index out of range: "
             "use the tokenizer that belongs to this model"

@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from students.config import StudentConfigError
+
 _WHISPER_COMMON = {
     "model_type": "whisper",
     "architectures": ["WhisperForConditionalGeneration"],
@@ -107,8 +109,9 @@ BEATS_CONFIGS: dict[str, dict] = {
 }
 
 
-class UnknownShapeError(ValueError):
-    """Random weights were asked for a model whose shape we do not know; names the key."""
+class UnknownShapeError(StudentConfigError):
+    """Random weights were asked for a model whose shape we do not know; names the key (a
+    StudentConfigError, a DistillError, so every command reports it in one line)."""
 
 
 def hf_config(name_or_path: str, key: str):

@@ -12,7 +12,7 @@ from distill.cli import EXIT_BAD_INPUT, build_parser, main
 ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = [
     "validate", "prepare-data", "serve-teacher", "generate-teacher", "train-student",
-    "evaluate", "cache", "demo", "app",
+    "evaluate", "bench", "cache", "demo", "app",
 ]
 
 

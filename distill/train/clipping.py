@@ -5,8 +5,9 @@ magnitude), and distillation adds loss spikes when a teacher target disagrees sh
 student. ZClip (Kumar et al., 2025) keeps an EMA of the gradient norm's mean and variance and
 clips only statistical outliers; AutoClip (Seetharaman et al., 2020) clips at a percentile of the
 norms seen so far. ``max_norm`` is an explicit outer bound on either, off unless the recipe sets it:
-a cap below the norms a run actually has (a random LLaMA-3.2-1B student starts near 77; trained
-ones sit at 3 to 70) turns the dynamic clipper into fixed clipping, which ``CapWatch`` reports.
+a cap below the norms a run actually has (the demo's were 3 to 70; a real-shape 2-of-8 MoE
+student's first step 4.3) turns the dynamic clipper into fixed clipping, which ``CapWatch``
+reports.
 
 Every clipper answers one question, ``decide(norm)``: the threshold to enforce this step given the
 pre-clip global norm; the trainer scales the gradients. Under DeepSpeed ZeRO the optimizer clips

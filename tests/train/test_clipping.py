@@ -105,7 +105,7 @@ def test_autoclip_preset_equals_its_decision():
 
 
 def test_dynamic_modes_have_no_cap_by_default_so_large_steady_norms_pass():
-    """Norms near 77 (a random real-shape student's first steps): with the old default cap of
+    """Large steady norms (near 77): with the old default cap of
     1.0 every step was clipped to 1.0; unset, ZClip and AutoClip decide alone."""
     for mode in ("zclip", "autoclip"):
         clipper = build_clipper(ClipConfig(mode=mode, zclip_warmup_steps=5,
