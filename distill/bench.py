@@ -185,7 +185,7 @@ def train_steps(student, recipe: Recipe, clip: torch.Tensor, *, batch_size: int,
     trainer's loss, optimizer and clipper (``distill.train``)."""
     from distill.losses import HiddenStates, TopKTargets
     from distill.train.clipping import build_clipper
-    from distill.train.loop import build_loss
+    from distill.train.loop import build_mixed_loss
     from distill.train.optim import build_optimizer
 
     device = student.device
@@ -202,7 +202,7 @@ def train_steps(student, recipe: Recipe, clip: torch.Tensor, *, batch_size: int,
         torch.stack([torch.randperm(vocab, generator=generator)[:k] for _ in range(rows)]).to(device),
         torch.log_softmax(torch.randn(rows, k + 1, generator=generator), -1)[:, :k].to(device),
     )
-    loss_fn = build_loss(recipe)
+    loss_fn = build_mixed_loss(recipe)
     optimizer = build_optimizer(student, recipe.train.optimizer)
     clipper = build_clipper(recipe.train.clip)
     params = [p for p in student.parameters() if p.requires_grad]
