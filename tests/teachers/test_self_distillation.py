@@ -54,15 +54,9 @@ def demo_records(speech: int = 6, sounds: int = 4) -> list[dict]:
     return records
 
 
-def kd_per_token(recipe: Recipe, model, tokenizer, cache, records, *, divergence: str,
-                 tail: str, temperature: float, use_rest: bool = True) -> float:
-    """Mean KD per teacher token over the samples, through the trainer's loss."""
-    from distill.train.loop import build_loss
-
-    recipe = recipe.model_copy(deep=True)
-    recipe.loss.divergence, recipe.loss.tail = divergence, tail
-    recipe.loss.temperature, recipe.loss.chunk_size = temperature, 64
-    loss = build_loss(recipe)
+def student_rows(recipe: Recipe, model, tokenizer, cache, records):
+    """The same model's final hidden states at the response rows of the sequences the teacher
+    saw (prompt + response), the response ids, and the cached rows (as the collator joins them)."""
     hidden_rows, labels, ids, logprobs, rests = [], [], [], [], []
     for record in records:
         stored = cache.get(record["id"])
@@ -77,11 +71,24 @@ def kd_per_token(recipe: Recipe, model, tokenizer, cache, records, *, divergence
         rests.append(stored.rest_logprobs)
     teacher = TopKTargets(torch.from_numpy(np.concatenate(ids)),
                           torch.from_numpy(np.concatenate(logprobs)),
-                          torch.from_numpy(np.concatenate(rests)) if use_rest else None)
-    hidden = torch.cat(hidden_rows)
+                          torch.from_numpy(np.concatenate(rests)))
+    return torch.cat(hidden_rows), torch.cat(labels), teacher
+
+
+def kd_per_token(recipe: Recipe, model, rows, *, divergence: str, tail: str,
+                 temperature: float, use_rest: bool = True) -> float:
+    """Mean KD per teacher token, through the trainer's loss (build_loss, hidden-state path)."""
+    from distill.train.loop import build_loss
+
+    recipe = recipe.model_copy(deep=True)
+    recipe.loss.divergence, recipe.loss.tail = divergence, tail
+    recipe.loss.temperature, recipe.loss.chunk_size = temperature, 64
+    hidden, labels, teacher = rows
+    if not use_rest:
+        teacher = TopKTargets(teacher.ids, teacher.logprobs)
     n = float(hidden.shape[0])
-    out = loss(HiddenStates(hidden, model.lm_head.weight.detach()), teacher, torch.cat(labels),
-               step=0, num_items={"ce": n, "kd": n})
+    out = build_loss(recipe)(HiddenStates(hidden, model.lm_head.weight.detach()), teacher, labels,
+                             step=0, num_items={"ce": n, "kd": n})
     return float(out.parts["kd"])
 
 
@@ -109,16 +116,16 @@ def fill_cache(folder, smollm2_dir, helpers, endpoint: str | None):
     return recipe, records, open_cache(recipe.teacher.cache_dir)
 
 
-def check(recipe, records, cache, smollm2, tokenizer, label: str) -> dict:
+def check(recipe, rows, smollm2, label: str) -> dict:
     numbers = {}
     for divergence in DIVERGENCES:
         for tail in TAILS:
             for temperature in TEMPERATURES:
-                value = kd_per_token(recipe, smollm2, tokenizer, cache, records,
-                                     divergence=divergence, tail=tail, temperature=temperature)
-                numbers[f"{divergence}/{tail}/T={temperature:g}"] = value
-    print(f"\nself-distillation KD per token ({label}, {cache.total_tokens()} tokens, "
-          f"top-{K}):\n" + json.dumps(numbers, indent=1))
+                numbers[f"{divergence}/{tail}/T={temperature:g}"] = kd_per_token(
+                    recipe, smollm2, rows, divergence=divergence, tail=tail,
+                    temperature=temperature)
+    print(f"\nself-distillation KD per token ({label}, {rows[0].shape[0]} tokens, top-{K}):\n"
+          + json.dumps(numbers, indent=1))
     for key, value in numbers.items():
         divergence, _, temperature = key.split("/")
         assert abs(value) < floor(divergence, float(temperature[2:])), f"{label} {key}: {value}"
@@ -130,11 +137,12 @@ def test_self_distillation_is_about_zero_with_the_transformers_teacher(
 ):
     recipe, records, cache = fill_cache(tmp_path, smollm2_dir, helpers, endpoint=None)
     assert cache.meta.token_map["mapped"] == [] and cache.meta.version == 2
-    check(recipe, records, cache, smollm2, tokenizer, "transformers")
+    rows = student_rows(recipe, smollm2, tokenizer, cache, records)
+    check(recipe, rows, smollm2, "transformers")
     # The guard can fail: without the stored rest (1 - sum of the rounded top-k instead), the
     # same perfect student pays for the rounding in the bucket tail.
-    without = kd_per_token(recipe, smollm2, tokenizer, cache, records, divergence="reverse_kl",
-                           tail="bucket", temperature=2.0, use_rest=False)
+    without = kd_per_token(recipe, smollm2, rows, divergence="reverse_kl", tail="bucket",
+                           temperature=2.0, use_rest=False)
     print(f"reverse_kl/bucket/T=2 without the stored rest: {without:.5f}")
     assert without > KL_FLOOR
 
@@ -144,4 +152,4 @@ def test_self_distillation_is_about_zero_with_the_vllm_server(
     tmp_path, smollm2_dir, smollm2, tokenizer, helpers, vllm_server
 ):
     recipe, records, cache = fill_cache(tmp_path, smollm2_dir, helpers, endpoint=vllm_server)
-    check(recipe, records, cache, smollm2, tokenizer, "vLLM server")
+    check(recipe, student_rows(recipe, smollm2, tokenizer, cache, records), smollm2, "vLLM server")
