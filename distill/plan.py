@@ -41,7 +41,10 @@ def describe_plan(recipe: Recipe) -> str:
         f"  student   {model.whisper.name_or_path} + {beats} -> window Q-Former "
         f"({model.qformer.window_frames}-frame windows, {model.qformer.num_layers} layers) -> "
         f"{model.llm.name_or_path} ({llm_bits}, {adapters}{moe})",
-        f"  teacher   {teacher.model} via {teacher.backend} ({servers}), {teacher.mode} mode, "
+        f"  teacher   {teacher.model} via {teacher.backend} ({servers}), {teacher.mode} mode"
+        + "".join(f", {task}: {mode}" for task, mode in sorted(teacher.task_modes.items()))
+        + (f" (CE on {teacher.generate_ce_target})"
+           if "generate" in {teacher.mode, *teacher.task_modes.values()} else "") + ", "
         f"top-{teacher.top_k} -> {teacher.cache_dir}",
         "  data      " + _manifest_line(data.train, "train") + "; " + _manifest_line(data.valid, "valid"),
         f"  loss      {loss.ce_weight:g} x CE + {kd_weight} x {loss.divergence} "

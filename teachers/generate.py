@@ -216,7 +216,14 @@ class Job:
         self.encode_target = encode_target
         records = collect_records(self.recipe, self.limit)
         self.summary.records = len(records)
-        check_templates(self.teacher.prompts, {r["task"] for r in records})
+        tasks = {r["task"] for r in records}
+        check_templates(self.teacher.prompts, tasks)
+        unused = sorted(set(self.teacher.task_modes) - tasks)
+        if unused and records:
+            self.summary.notes.append(
+                f"teacher.task_modes names task(s) {', '.join(unused)} that no manifest record "
+                f"has (tasks here: {', '.join(sorted(tasks))})"
+            )
         self.teacher_tok = teacher_tokenizer(self.teacher)
         self.student_tok = student_tokenizer(self.recipe)
         compatibility = check_compatible(

@@ -64,7 +64,8 @@ def test_stage2_and_moe_inherit_from_stage1():
     base = load_recipe(RECIPES / "salmonn_1b.yaml")
     stage2 = load_recipe(RECIPES / "salmonn_1b_stage2.yaml")
     moe = load_recipe(RECIPES / "salmonn_moe.yaml")
-    assert stage2.stage == 2 and stage2.teacher.mode == "generate"
+    assert stage2.stage == 2 and stage2.teacher.mode == "score"
+    assert stage2.teacher.task_modes == {"qa": "generate"}
     assert stage2.model.llm == base.model.llm  # untouched sections come from the base
     assert "qa" in stage2.model.prompt.instructions
     assert moe.model.moe.enabled and (moe.model.moe.num_experts, moe.model.moe.top_k) == (8, 2)

@@ -112,7 +112,7 @@ class VLLMOfflineBackend(TeacherBackend):
 
         prompts, params = [], []
         for request in requests:
-            if settings is None:
+            if settings is None or request.response_ids is not None:  # scored (per-task modes)
                 ids = [*request.prompt_ids, *(request.response_ids or [])]
                 params.append(SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=k))
             else:
@@ -135,7 +135,7 @@ class VLLMOfflineBackend(TeacherBackend):
                 return [TeacherResult.failed(requests[0].sample_id, f"{type(err).__name__}: {err}")]
             return [r for req in requests for r in self._batch([req], k, settings)]
         return [
-            self._result(request, output, k, settings is None)
+            self._result(request, output, k, settings is None or request.response_ids is not None)
             for request, output in zip(requests, outputs, strict=True)
         ]
 

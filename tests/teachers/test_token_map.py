@@ -122,7 +122,7 @@ def test_score_job_writes_rows_the_student_can_read_with_the_map_in_the_meta(
         stored = cache.get(record["id"])
         target = encode_target(tokenizer, record["text"])
         assert stored.response_ids.tolist() == target and target[-1] == 2
-        prompt = prompt_ids(teacher_tok, record, recipe.teacher.prompts)
+        prompt = prompt_ids(teacher_tok, record, recipe.teacher.prompts, recipe.teacher.reasoning)
         fed = [*prompt, *target[:-1], 3]  # the teacher is fed its own end as the last input
         with torch.no_grad():
             logp = model(torch.tensor([fed])).logits[0, len(prompt) - 1 : -1].double()

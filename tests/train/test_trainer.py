@@ -30,7 +30,10 @@ TEXTS = ["hello world", "a dog barks", "rain on the roof", "good morning", "the 
 K = 4
 
 
-def build_cache(directory: Path, records: list[dict], tokenizer, teacher_dir: Path) -> None:
+def build_cache(directory: Path, records: list[dict], tokenizer, teacher_dir: Path,
+                mode: str = "score", answers: dict[str, str] | None = None) -> None:
+    """Score mode: rows over each record's target. ``mode="generate"``: over ``answers[id]``
+    (stands in for the teacher's own answer: the rows are the teacher's on that text)."""
     from transformers import AutoModelForCausalLM
 
     from distill.data.targets import encode_target
@@ -40,19 +43,20 @@ def build_cache(directory: Path, records: list[dict], tokenizer, teacher_dir: Pa
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
     digest = fingerprint(tokenizer).digest
     meta = CacheMeta(teacher=str(teacher_dir), teacher_revision=None, tokenizer_fingerprint=digest,
-                     target_tokenizer_fingerprint=digest, mode="score", k=K,
+                     target_tokenizer_fingerprint=digest, mode=mode, k=K,
                      logprob_mode="raw_logprobs", temperature=1.0, prompt_template_hash="test",
                      vocab_size=len(tokenizer))
     with CacheWriter(directory, meta) as writer:
         for record in records:
-            target = encode_target(tokenizer, record["text"])
+            text = (answers or {}).get(record["id"], record["text"])
+            target = encode_target(tokenizer, text)
             prompt = tokenizer("Transcript: " + record["text"])["input_ids"]
             ids = torch.tensor([prompt + target])
             with torch.no_grad():
                 logp = teacher(ids).logits[0, len(prompt) - 1 : -1].log_softmax(-1)
             top = logp.topk(K, dim=-1)
             writer.add(record["id"], CachedSample(np.array(target), top.indices.numpy(),
-                                                  top.values.numpy()))
+                                                  top.values.numpy(), None, text))
 
 
 @pytest.fixture(scope="module")
@@ -457,3 +461,39 @@ def test_report_to_rejects_an_unknown_tracker(tmp_path):
     path.write_text("name: r\ntrain:\n  report_to: [tensorboard, neptune]\n")
     with pytest.raises(RecipeError, match="train.report_to.1"):
         load_recipe(path)
+
+
+def test_generate_mode_with_ce_on_the_reference_trains_two_sequences(workspace, tmp_path,
+                                                                     tokenizer, tiny_llm_dir):
+    """teacher.generate_ce_target: reference. KD is the mean over the teacher's answer rows (no
+    CE there), CE the mean over the reference rows (no KD there), against float64 by hand."""
+    root, _ = workspace
+    records = [json.loads(line) for line in (root / "train.jsonl").read_text().splitlines()]
+    answers = {r["id"]: f"it is {r['text']} indeed" for r in records}
+    build_cache(tmp_path / "gen", records, tokenizer, tiny_llm_dir, mode="generate",
+                answers=answers)
+    recipe = make_recipe(workspace, tmp_path / "out", max_steps=1, batch_size=4)
+    recipe.data.soft_targets = str(tmp_path / "gen")
+    recipe.teacher.generate_ce_target = "reference"
+    fresh_accelerate_state()
+    trainer = Trainer(recipe)
+    batch, _, _ = next(trainer._micro_batches())
+    assert len(batch.sample_ids) == 8 and batch.num_with_teacher == 4
+    assert torch.equal(batch.has_ce, ~batch.has_teacher)  # answer rows: KD only
+    with torch.no_grad():
+        out = trainer.student(batch.inputs, return_logits=True)
+    rows = out.labels != -100
+    logits, labels = out.logits[rows].double(), out.labels[rows]
+    q = logits.softmax(-1)[batch.has_teacher]
+    q_kept = q.gather(-1, batch.teacher_ids)
+    q = torch.cat([q_kept, 1 - q_kept.sum(-1, keepdim=True)], -1)
+    p = torch.cat([batch.teacher_logprobs.double().exp(),
+                   batch.teacher_rest.double().exp()[:, None]], -1)
+    p, q = p / p.sum(-1, keepdim=True), q / q.sum(-1, keepdim=True)
+    expected_kd = float((p * (p / q).log()).sum(-1).mean())
+    expected_ce = float(torch.nn.functional.cross_entropy(logits[batch.has_ce],
+                                                         labels[batch.has_ce]))
+    trainer.train()
+    log = read_log(tmp_path / "out")[0]
+    assert log["kd"] == pytest.approx(expected_kd, rel=1e-4)
+    assert log["ce_only"] == pytest.approx(expected_ce, rel=1e-4) and "ce" not in log
