@@ -1,7 +1,7 @@
 """The KD loss against the libraries users already know, in one run, on the same work.
 
     python benchmarks/bench_kd_peers.py [--tokens 4096 --vocab 128256 --hidden 2048 --k 64
-                                         --chunk-size 1024 --repeats 1 --only NAME ...]
+                                         --chunk-size 256 --repeats 1 --only NAME ...]
 
 The work: student final hidden states [N, H] (bf16, needing a gradient) and a frozen bf16
 lm_head [V, H]; one forward + backward of a distillation loss w.r.t. the hidden states. Each
@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill.losses import HiddenStates, TopKTargets  # noqa: E402
 from distill.losses import functional as LF  # noqa: E402
+from distill.losses.reduction import DEFAULT_CHUNK_SIZE  # noqa: E402
 
 VARIANTS = {
     # name: (library, loss, teacher form)
@@ -63,7 +64,8 @@ def parse_args(argv=None):
     parser.add_argument("--vocab", type=int, default=128256)
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--k", type=int, default=64)
-    parser.add_argument("--chunk-size", type=int, default=1024, help="distill's token chunk")
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+                        help="distill's token chunk")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--only", action="append", choices=list(VARIANTS), default=None,
@@ -107,7 +109,7 @@ def build_inputs(args, form: str):
 
 def teacher_bytes(teacher) -> int:
     parts = teacher if isinstance(teacher, TopKTargets) else (teacher,)
-    return sum(t.numel() * t.element_size() for t in parts)
+    return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
 
 def make_step(name, args, hidden, weight, labels, teacher):

@@ -19,11 +19,13 @@ from distill.losses.chunked import RowLoss, chunked_lm_head_loss
 from distill.losses.lm_head import accumulation_dtype
 from distill.losses.targets import HiddenStates, Student, student_shape, target_rows
 
-# The library's and the recipe's (loss.chunk_size) one default. 1024 rows x 128k vocab = 525 MB
-# per fp32 buffer, two alive at once: still a fraction of the naive [N, V] peak, and each chunk
-# amortises the lm_head's per-chunk work (on a CPU, one bf16 -> fp32 upcast of every vocab block)
-# four times better than 256 (BENCHMARKS.md, "KD loss beside its peers").
-DEFAULT_CHUNK_SIZE = 1024
+# The library's and the recipe's (loss.chunk_size) one default. 256 rows x 128k vocab = 131 MB
+# per fp32 buffer, two alive at once: ~0.05x the naive peak at 4096 tokens (BENCHMARKS.md).
+# Larger chunks amortise the per-chunk work better where memory allows (recipes for GPUs set
+# 1024); on the 2-core CPU, 1024 tokens took 19.5-39 s with chunks of 256 and 25-28 s with one
+# chunk of 1024 (benchmarks/bench_kd_peers.py --tokens 1024 --only distill-topk-fkl, loaded
+# machine): no gain worth 4x the memory there.
+DEFAULT_CHUNK_SIZE = 256
 
 
 def reduce_row_losses(
