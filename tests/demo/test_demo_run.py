@@ -44,6 +44,14 @@ def check_finished_demo(workdir: Path, result: subprocess.CompletedProcess, back
     for path in ("runs/demo/data", "runs/demo/teacher_cache", "runs/demo/eval/report.md"):
         assert path in result.stdout
     assert "distill train-student recipes/salmonn_1b.yaml" in result.stdout
+    # The anchor: tiny.en's own WER on the same spoken clips, beside the student's, also in the
+    # report (which leaves out the published GPU figures for this synthetic CPU run).
+    anchor = json.loads((demo / "eval" / "anchor_tiny_en.json").read_text())
+    assert anchor["utterances"] == 3 and 0 <= anchor["wer"] < 100
+    assert f"WER {anchor['wer']:.3g} %" in result.stdout and "anchor: Whisper tiny.en" in result.stdout
+    assert "captions: " in result.stdout
+    markdown = (demo / "eval" / "report.md").read_text()
+    assert "| Whisper tiny.en (same clips, greedy) |" in markdown and "(published)" not in markdown
 
 
 @pytest.mark.slow
