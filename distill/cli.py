@@ -289,7 +289,6 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 # ------------------------------------------------------------------------------------- bench
-# ------------------------------------------------------------------------------------- bench
 BENCH_HELP = """\
 For each recipe: parameters and bytes per component (frozen, trainable, 4-bit), the reference
 efficiency protocol (batch 1, a fixed clip of eval.efficiency.clip_seconds, the ASR prompt,
