@@ -212,8 +212,12 @@ def run_variant(variant, argv):
     out = subprocess.run([sys.executable, __file__, *argv, "--worker", variant],
                          capture_output=True, text=True, check=False)
     lines = out.stdout.strip().splitlines()
+    if out.returncode < 0:  # SIGKILL here is the kernel's out-of-memory killer
+        return {"variant": variant,
+                "unavailable": f"killed by signal {-out.returncode} (out of memory at this size?)"}
     if out.returncode != 0 or not lines:
-        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        errors = [line for line in out.stderr.strip().splitlines() if "Error" in line]
+        tail = (errors or out.stderr.strip().splitlines() or ["no output"])[-1]
         return {"variant": variant, "unavailable": f"failed: {tail}"}
     return json.loads(lines[-1])
 
