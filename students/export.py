@@ -162,7 +162,7 @@ def _write_base_llm(cfg, folder: Path) -> None:
 def _write_merged_llm(cfg, adapter_dir: Path, dtype_name: str, folder: Path) -> None:
     from peft import PeftModel
 
-    from students.llm import torch_dtype
+    from distill.data.dtypes import torch_dtype
 
     base = _load_base(cfg, torch.float32)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()

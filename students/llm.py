@@ -17,8 +17,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
-from distill.data.dtypes import DTYPES, torch_dtype  # noqa: F401  (re-exported)
-from distill.data.tokenizers import end_token_ids  # noqa: F401  (re-exported)
+from distill.data.dtypes import torch_dtype
 from distill.data.tokenizers import load_tokenizer as load_tokenizer_from
 from students.config import LLMConfig, MoEConfig, QuantizationConfig, StudentConfigError
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distill.data.tokenizers import pad_token_id
+from distill.data.dtypes import torch_dtype
+from distill.data.tokenizers import end_token_ids, pad_token_id
 from students.beats import BEATs, load_beats, random_beats
 from students.config import DecodingConfig, ModelConfig
 from students.fusion import AudioFusion
@@ -23,10 +24,8 @@ from students.llm import (
     causal_lm,
     check_vocabulary,
     cpu_has_bf16_matrix_units,
-    end_token_ids,
     load_llm,
     load_tokenizer,
-    torch_dtype,
 )
 from students.moe.layer import moe_balance_loss
 from students.processor import SalmonnProcessor

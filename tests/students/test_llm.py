@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from distill.data.tokenizers import end_token_ids
 from students import SalmonnStudent
-from students.llm import end_token_ids, resolve_attn_implementation
+from students.llm import resolve_attn_implementation
 
 
 def test_attention_auto_is_sdpa_without_gpu():
