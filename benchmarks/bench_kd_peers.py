@@ -32,7 +32,6 @@ import argparse
 import gc
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -41,6 +40,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_losses import memory_kib  # noqa: E402  (the same VmHWM / VmRSS reading)
 
 from distill.losses import HiddenStates, TopKTargets  # noqa: E402
 from distill.losses import functional as LF  # noqa: E402
@@ -167,11 +168,6 @@ def make_step(name, args, hidden, weight, labels, teacher):
             return loss_fn(hidden[rows], weight, teacher[rows], weight, labels[rows])
         return step
     raise ValueError(name)
-
-
-def memory_kib():
-    status = Path("/proc/self/status").read_text()
-    return {key: int(re.search(rf"{key}:\s+(\d+)", status).group(1)) for key in ("VmRSS", "VmHWM")}
 
 
 def run_worker(args):
