@@ -154,10 +154,14 @@ class ClipConfig(Strict):
     autoclip_history: PositiveInt = 1000
 
 
+# The trainer's validation values by the name it logs them under -> whether higher is better.
+VALIDATION_METRICS = {"token_accuracy": True, "valid_loss": False}
+
+
 class CheckpointConfig(Strict):
     every_steps: PositiveInt = 1000
     keep_last: PositiveInt = 3
-    best_metric: Literal["token_accuracy", "loss"] = "token_accuracy"
+    best_metric: Literal[tuple(VALIDATION_METRICS)] = "token_accuracy"  # keeps runs/<name>/best
 
 
 class TrainConfig(Strict):

@@ -1,20 +1,22 @@
-"""Checkpoint folders: atomic, the last K kept, the best kept apart, RNG states captured.
+"""Checkpoint folders: atomic, the last K kept, the best kept apart, every file weights-only.
 
 Layout under the run's output dir::
 
-    checkpoints/step-00002000/   one finished checkpoint (whatever the trainer writes into it)
+    checkpoints/step-00002000/   one finished checkpoint: what ``Accelerator.save_state`` writes
+                                 (optimizer, RNG states of each process, the registered objects,
+                                 DeepSpeed's partitions) plus ``student/`` (the trainable weights)
     checkpoints/latest -> step-00004000
     best -> checkpoints/step-00002000      (by the recipe's best metric)
 
-A checkpoint is written into a hidden temp folder and renamed into place only when complete, so
-a run killed mid-save (even by SIGKILL) or a full disk leaves the previous checkpoint as the latest
-one. Resuming takes the newest checkpoint that loads, and says which it skipped and why.
+A checkpoint is written into a hidden staging folder and renamed into place only when complete,
+so a run killed mid-save (even by SIGKILL) or a full disk leaves the previous checkpoint as the
+latest one. Resuming takes the newest checkpoint that loads, and says which it skipped and why.
 
-Trainer state is loaded with ``torch.load(..., weights_only=True)``: a pickle from elsewhere
-cannot run code on load. It holds only tensors, numbers, strings and containers (the numpy RNG
-state is stored as a tensor and numbers for that reason). Only for trainer states written before
-that, which hold numpy's RNG key array, are numpy's array-rebuilding types allow-listed (they
-rebuild arrays, never call anything else).
+accelerate unpickles the registered objects' states with ``weights_only=False``, so before a
+folder is handed to ``Accelerator.load_state`` every pickle in it is first read with
+``torch.load(..., weights_only=True)`` (numpy's array types allowed, as accelerate allows them
+for RNG states, and the few plain-data classes DeepSpeed's ZeRO files hold): a pickle from
+elsewhere cannot run code on resume, and a truncated file is found before any state is touched.
 """
 
 from __future__ import annotations
@@ -23,20 +25,18 @@ import json
 import logging
 import os
 import pickle
-import random
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
 import torch
 
 from distill.errors import DistillFailure
 
 STEP_PREFIX = "step-"
+PICKLE_SUFFIXES = (".pkl", ".bin", ".pt")
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
@@ -49,20 +49,30 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint holding objects that could run code on load: refused, never skipped."""
 
 
-def save_trainer_state(state: dict, path: Path) -> None:
-    torch.save(state, path)
+def _allowed_globals() -> list:
+    """What a checkpoint's pickles may name: numpy's array rebuilding (accelerate's list, for the
+    RNG states) and DeepSpeed's plain-data classes in ZeRO optimizer files (when installed)."""
+    from accelerate.utils.other import TORCH_SAFE_GLOBALS
 
-
-# What a numpy uint32 array (np.random.get_state()'s keys) needs to unpickle.
-_LEGACY_NUMPY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype,
-                         np.dtypes.UInt32DType]
-
-
-def load_trainer_state(path: Path) -> dict:
-    """``torch.load(path, weights_only=True)``, with each failure named in one line."""
+    allowed = list(TORCH_SAFE_GLOBALS)
     try:
-        with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+    except ImportError:
+        return allowed
+    return allowed + [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def check_weights_only(path: Path) -> None:
+    """Read ``path`` with ``torch.load(weights_only=True)``; each failure named in one line.
+
+    Raises UnsafeCheckpointError (a global outside the allow-list: never loaded further) or
+    CheckpointError (missing, truncated, corrupt).
+    """
+    try:
+        with torch.serialization.safe_globals(_allowed_globals()):
+            torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"WeightsUnpickler error:\s*(Unsupported global: GLOBAL (\S+)|.+)", str(err))
         if found is None:
@@ -70,7 +80,7 @@ def load_trainer_state(path: Path) -> dict:
         else:
             what = f"it refers to {found.group(2)}" if found.group(2) else found.group(1).strip()
         raise UnsafeCheckpointError(
-            f"{path}: refused to load: {what}; a trainer state holds only tensors, numbers and "
+            f"{path}: refused to load: {what}; a checkpoint holds only tensors, numbers and "
             "containers, and anything else could run code when unpickled (torch.load "
             "weights_only=True). Load only checkpoints you wrote or trust."
         ) from None
@@ -78,35 +88,13 @@ def load_trainer_state(path: Path) -> dict:
         raise CheckpointError(f"{path}: missing from the checkpoint") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: truncated or corrupt ({err})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a dict of trainer state, found {type(state)}")
-    return state
 
 
-def capture_rng_state() -> dict:
-    name, keys, position, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        # Plain values, not numpy objects, so weights_only loading needs no allow-list.
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)),
-                  "pos": int(position), "has_gauss": int(has_gauss), "cached": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    numpy_state = state["numpy"]
-    if isinstance(numpy_state, dict):
-        numpy_state = (numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32),
-                       numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached"])
-    np.random.set_state(numpy_state)  # a tuple: a trainer state written before the dict form
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def check_folder_weights_only(folder: Path) -> None:
+    """check_weights_only on every pickle in ``folder`` (recursively), in name order."""
+    for path in sorted(folder.rglob("*")):
+        if path.suffix in PICKLE_SUFFIXES and path.is_file():
+            check_weights_only(path)
 
 
 def _point(link: Path, target: Path) -> None:
@@ -167,18 +155,33 @@ class CheckpointManager:
         return link.resolve() if link.is_symlink() and link.resolve().is_dir() else None
 
     def save(self, step: int, write: Callable[[Path], None], *, metric: float | None = None,
-             higher_is_better: bool = True) -> Path:
-        """Run ``write(folder)`` into a temp folder, then publish it as ``step-NNNNNNNN``."""
+             higher_is_better: bool = True, is_main: bool = True,
+             barrier: Callable[[], None] = lambda: None) -> Path:
+        """Run ``write(folder)`` into a staging folder, then publish it as ``step-NNNNNNNN``.
+
+        With several processes every one calls this (each writes its own files, e.g. its RNG
+        state and its ZeRO partition): the main process makes the staging folder, ``barrier``
+        (``Accelerator.wait_for_everyone``) lets the others write into it, and the main process
+        publishes it once all are done. Raises CheckpointError when the disk refuses the write
+        (the previous checkpoint stays the latest).
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         final = self.root / f"{STEP_PREFIX}{step:08d}"
-        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.root))
+        staging = self.root / f".{final.name}.partial"  # one name all processes agree on
+        if is_main:
+            shutil.rmtree(staging, ignore_errors=True)  # left by a run killed mid-save
+            staging.mkdir()
+        barrier()
         try:
             write(staging)
-            if metric is not None:
-                (staging / "metric.json").write_text(json.dumps({"step": step, "metric": metric}))
-            if final.exists():  # re-saving the same step (e.g. the end of a resumed run)
-                shutil.rmtree(final)
-            os.replace(staging, final)
+            barrier()
+            if is_main:
+                if metric is not None:
+                    (staging / "metric.json").write_text(json.dumps({"step": step,
+                                                                     "metric": metric}))
+                if final.exists():  # re-saving the same step (e.g. the end of a resumed run)
+                    shutil.rmtree(final)
+                os.replace(staging, final)
         except OSError as err:  # ENOSPC, EDQUOT, EIO: the previous checkpoint stays the latest
             shutil.rmtree(staging, ignore_errors=True)
             kept = self.latest()
@@ -189,10 +192,11 @@ class CheckpointManager:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        _point(self.root / "latest", final)
-        if metric is not None and self._improves(metric, higher_is_better):
-            _point(self.output_dir / "best", final)
-        self._prune()
+        if is_main:
+            _point(self.root / "latest", final)
+            if metric is not None and self._improves(metric, higher_is_better):
+                _point(self.output_dir / "best", final)
+            self._prune()
         return final
 
     def _improves(self, metric: float, higher_is_better: bool) -> bool:

@@ -60,6 +60,13 @@ class DataStats:
     ce_only: int = 0
     skipped: Counter = field(default_factory=Counter)
 
+    def state_dict(self) -> dict:  # for Accelerator.register_for_checkpointing
+        return {"examples": self.examples, "ce_only": self.ce_only, "skipped": dict(self.skipped)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.examples, self.ce_only = state["examples"], state["ce_only"]
+        self.skipped = Counter(state["skipped"])
+
     def summary(self) -> str:
         skipped = ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items())) or "none"
         return f"{self.examples} examples ({self.ce_only} CE-only, no cached targets); skipped: {skipped}"

@@ -5,37 +5,34 @@ step's target tokens are counted (over every micro-batch and process), and each 
 summed loss is divided by that count, so accumulation gives exactly the big batch's gradient.
 Then the global gradient norm goes to the clipper (ZClip by default), which decides the threshold
 for this step; the decision is applied, logged (norm, threshold, clip event) and kept in the
-checkpoint with everything else a resume needs (weights, optimizer, scheduler, clipper, RNG
-states, data position), so a run killed by SIGKILL and resumed follows the same loss curve.
+checkpoint with everything else a resume needs, so a run killed by SIGKILL and resumed follows
+the same loss curve. Checkpoints are ``Accelerator.save_state`` folders: accelerate saves the
+optimizer (under DeepSpeed, each rank's ZeRO partition) and every process's RNG states; the
+scheduler, clipper, data position and statistics are registered with it for checkpointing; a
+save hook writes the student's trainable weights (``student/``, loadable by ``train.init_from``
+and evaluation) in place of accelerate's whole-model file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from distill.config import Recipe
+from distill.config import VALIDATION_METRICS, Recipe
 from distill.losses import HiddenStates, MixedLoss, TopKTargets, build_loss, linear_ramp
 from distill.losses.mixed import resolve
 from distill.losses.modules import CrossEntropy
 from distill.train.card import run_card_context
-from distill.train.checkpoint import (
-    CheckpointError,
-    CheckpointManager,
-    capture_rng_state,
-    load_trainer_state,
-    restore_rng_state,
-    save_trainer_state,
-)
+from distill.train.checkpoint import CheckpointError, CheckpointManager, check_folder_weights_only
 from distill.train.clipping import CapWatch, build_clipper
 from distill.train.data import (
     Batch,
@@ -50,7 +47,7 @@ from distill.train.schedule import build_scheduler
 from distill.train.tracking import init_kwargs as tracker_init_kwargs
 from distill.train.tracking import run_config, scalar_tag, trackers
 
-TRAINER_STATE = "trainer_state.pt"
+LEGACY_TRAINER_STATE = "trainer_state.pt"  # checkpoints written before Accelerator.save_state
 STUDENT_DIR = "student"
 LOG_FILE = "train_log.jsonl"
 
@@ -68,14 +65,38 @@ def build_mixed_loss(recipe: Recipe) -> MixedLoss:
     return MixedLoss(kd_loss, ce_weight=cfg.ce_weight, kd_weight=kd_weight)
 
 
+def _process_group_kwargs(deepspeed_in_recipe: bool) -> list:
+    """DeepSpeed without a GPU: the process-group backend named by DeepSpeed's CPU accelerator.
+
+    accelerate picks no backend for DeepSpeed on a machine without CUDA, and then counts one
+    process however many ``accelerate launch`` started (so batch sizes, data sharding and
+    checkpoints would be wrong); DeepSpeed's own CPU accelerator says which backend it uses
+    (gloo, or oneCCL's ccl when installed).
+    """
+    from accelerate.utils import InitProcessGroupKwargs
+
+    launched = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if not (deepspeed_in_recipe or launched) or torch.cuda.is_available():
+        return []
+    from deepspeed.accelerator import get_accelerator
+
+    return [InitProcessGroupKwargs(backend=get_accelerator().communication_backend_name())]
+
+
 @dataclass
 class Progress:
-    """Where the run is: everything besides tensors that a resume restores."""
+    """Where the run is in steps and data; restored in place on resume."""
 
     step: int = 0
     epoch: int = 0
     position: int = 0  # sampler keys consumed in this epoch
-    best_metric: float | None = None
+
+    def state_dict(self) -> dict:  # for Accelerator.register_for_checkpointing
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
 
 
 class Trainer:
@@ -96,6 +117,7 @@ class Trainer:
         self.accelerator = accelerator or Accelerator(
             mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accumulation,
             deepspeed_plugin=plugin, log_with=trackers(recipe),
+            kwargs_handlers=_process_group_kwargs(plugin is not None),
         )
         set_seed(cfg.seed)
         self._fill_deepspeed_config()
@@ -124,6 +146,11 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.output_dir, cfg.checkpoint.keep_last)
         self.progress = Progress()
         self.stats = DataStats()
+        # Saved by Accelerator.save_state as custom_checkpoint_{0..3}.pkl, in this order.
+        self.accelerator.register_for_checkpointing(self.scheduler, self.clipper, self.progress,
+                                                    self.stats)
+        self.accelerator.register_save_state_pre_hook(self._save_student)
+        self.accelerator.register_load_state_pre_hook(self._load_student)
         self.tracking = False  # trackers start with the first log line
 
     def _fill_deepspeed_config(self) -> None:
@@ -326,57 +353,63 @@ class Trainer:
         return {"valid_loss": loss_sum / max(count, 1), "token_accuracy": correct / max(count, 1)}
 
     # ---------------------------------------------------------------------------- checkpoints
+    def _save_student(self, models: list, weights: list, folder: str) -> None:
+        """Save hook: the trainable weights as a student checkpoint, not the whole model."""
+        if self.accelerator.is_main_process:
+            self.accelerator.unwrap_model(self.student).save_pretrained(
+                Path(folder) / STUDENT_DIR, card=run_card_context(self))
+        weights.clear()  # the frozen encoders and base LLM come from their own checkpoints
+
+    def _load_student(self, models: list, folder: str) -> None:
+        """Load hook: the trainable weights back (DeepSpeed's engine loads its own instead)."""
+        from students.checkpoint import CheckpointCorruptError
+
+        if not models:
+            return
+        try:
+            self.accelerator.unwrap_model(self.student).load_trainable(Path(folder) / STUDENT_DIR)
+        except (OSError, CheckpointCorruptError) as err:
+            raise CheckpointError(f"{Path(folder) / STUDENT_DIR}: cannot be loaded ({err})") from None
+        models.clear()
+
+    def _deepspeed_kwargs(self, saving: bool) -> dict:
+        """Under DeepSpeed: the frozen parameters stay out of its module file, so loading is
+        not strict about them (they come from the base checkpoints)."""
+        if self._zero_optimizer() is None:
+            return {}
+        return {"exclude_frozen_parameters": True} if saving else {"load_module_strict": False}
+
     def save(self, metric: float | None) -> Path:
+        """Every process calls this (each writes its RNG state and, under ZeRO, its partition)."""
         acc = self.accelerator
-        higher = self.recipe.train.checkpoint.best_metric == "token_accuracy"
-
-        def write(folder: Path) -> None:
-            acc.unwrap_model(self.student).save_pretrained(folder / STUDENT_DIR,
-                                                           card=run_card_context(self))
-            save_trainer_state({
-                "progress": self.progress.__dict__,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "clipper": self.clipper.state_dict(),
-                "rng": capture_rng_state(),
-                "stats": {"examples": self.stats.examples, "ce_only": self.stats.ce_only,
-                          "skipped": dict(self.stats.skipped)},
-            }, folder / TRAINER_STATE)
-
-        return self.checkpoints.save(self.progress.step, write, metric=metric,
-                                     higher_is_better=higher)
+        higher = VALIDATION_METRICS[self.recipe.train.checkpoint.best_metric]
+        kwargs = self._deepspeed_kwargs(saving=True)
+        return self.checkpoints.save(
+            self.progress.step, lambda folder: acc.save_state(str(folder), **kwargs),
+            metric=metric, higher_is_better=higher, is_main=acc.is_main_process,
+            barrier=acc.wait_for_everyone)
 
     def resume(self) -> bool:
         """Restore the newest checkpoint that loads (an unloadable one is skipped, said so)."""
         if self.checkpoints.latest() is None:
             return False
-        if self._zero_optimizer() is not None and self.accelerator.num_processes > 1:
-            # Checkpoints hold rank 0's optimizer state; ZeRO partitions it across ranks.
-            raise RuntimeError(
-                f"--resume under DeepSpeed with {self.accelerator.num_processes} processes is not "
-                "supported yet (ZeRO optimizer state is partitioned per rank); resume with one "
-                "process, or start from the weights with train.init_from"
-            )
-        from students.checkpoint import CheckpointCorruptError
+        kwargs = self._deepspeed_kwargs(saving=False)
 
-        student = self.accelerator.unwrap_model(self.student)
-
-        def load(folder: Path) -> dict:
-            state = load_trainer_state(folder / TRAINER_STATE)
+        def load(folder: Path) -> Path:
+            if (folder / LEGACY_TRAINER_STATE).is_file():
+                raise CheckpointError(
+                    f"{folder}: written by an earlier distill ({LEGACY_TRAINER_STATE}); resume it "
+                    f"with that version, or start from its weights with train.init_from: {folder}")
+            check_folder_weights_only(folder)  # before accelerate unpickles anything in it
             try:
-                student.load_trainable(folder / STUDENT_DIR)
-            except (OSError, CheckpointCorruptError) as err:
-                raise CheckpointError(f"{folder / STUDENT_DIR}: cannot be loaded ({err})") from None
-            return state
+                self.accelerator.load_state(str(folder), **kwargs)
+            except (OSError, RuntimeError, ValueError, KeyError) as err:
+                if isinstance(err, CheckpointError):
+                    raise
+                raise CheckpointError(f"{folder}: cannot be loaded ({err})") from None
+            return folder
 
-        self.resumed_from, state = self.checkpoints.load_latest(load)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.clipper.load_state_dict(state["clipper"])
-        self.progress = Progress(**state["progress"])
-        self.stats = DataStats(state["stats"]["examples"], state["stats"]["ce_only"],
-                               Counter(state["stats"]["skipped"]))
-        restore_rng_state(state["rng"])
+        self.resumed_from, _ = self.checkpoints.load_latest(load)
         self._truncate_log(self.progress.step)
         return True
 
@@ -454,15 +487,13 @@ class Trainer:
             if step % cfg.eval_every_steps == 0 or step == self.total_steps:
                 valid = self.validate()
                 log.update(valid)
-                metric = valid.get(cfg.checkpoint.best_metric.replace("loss", "valid_loss"))
+                metric = valid.get(cfg.checkpoint.best_metric)
             self._log(log)
             bar.set_postfix(loss=f"{log['loss']:.4f}", norm=f"{log['grad_norm']:.3g}",
                             lr=f"{log['lr']:.2e}")
             bar.update(1)
             if step % cfg.checkpoint.every_steps == 0 or step == self.total_steps:
-                self.accelerator.wait_for_everyone()
-                if self.accelerator.is_main_process:
-                    last = self.save(metric)
+                last = self.save(metric)
         bar.close()
         if self.tracking:
             self.accelerator.end_training()  # flushes TensorBoard, finishes the W&B/MLflow run

@@ -1,5 +1,8 @@
 """Checkpoints under faults: a malicious pickle, a full disk mid-save, a truncated checkpoint on
-resume. Each fault leaves the previous state loadable and says what happened in one line."""
+resume. Each fault leaves the previous state loadable and says what happened in one line.
+
+The checkpoints are real ``Accelerator.save_state`` folders (optimizer, RNG states, registered
+objects), as the trainer writes them, from a small model trained for two steps."""
 
 from __future__ import annotations
 
@@ -14,66 +17,56 @@ import pytest
 import soundfile as sf
 import torch
 
-from distill.train import checkpoint as ckpt
 from distill.train.checkpoint import (
     CheckpointError,
     CheckpointManager,
     UnsafeCheckpointError,
-    capture_rng_state,
-    load_trainer_state,
-    restore_rng_state,
-    save_trainer_state,
+    check_folder_weights_only,
+    check_weights_only,
 )
 from distill.train.clipping import ZClip
 
 
-def real_trainer_state(seed: int = 0) -> dict:
-    """What the trainer saves, from a real AdamW + LambdaLR + ZClip after two steps."""
+def trained_state(seed: int = 0):
+    """(accelerator, model, optimizer, scheduler, clipper) after two real steps, with the
+    scheduler and clipper registered for checkpointing as the trainer registers its objects."""
+    from accelerate import Accelerator
+
     torch.manual_seed(seed)
+    accelerator = Accelerator(cpu=True)
     model = torch.nn.Linear(4, 3)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
     clipper = ZClip(alpha=0.97, z_threshold=2.5, warmup_steps=1)
+    model, optimizer = accelerator.prepare(model, optimizer)
     for _ in range(2):
         model(torch.randn(2, 4)).square().sum().backward()
+        clipper.decide(float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))))
         optimizer.step()
         scheduler.step()
-        clipper.state_dict()
-    return {
-        "progress": {"step": 2, "epoch": 0, "position": 4, "best_metric": None},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "clipper": clipper.state_dict(),
-        "rng": capture_rng_state(),
-        "stats": {"examples": 4, "ce_only": 0, "skipped": {"empty": 1}},
-    }
+        optimizer.zero_grad()
+    accelerator.register_for_checkpointing(scheduler, clipper)
+    return accelerator, model, optimizer, scheduler, clipper
 
 
-def test_trainer_state_round_trips_under_weights_only(tmp_path):
-    state = real_trainer_state()
-    save_trainer_state(state, tmp_path / "trainer_state.pt")
+def test_a_saved_state_passes_the_weights_only_check_and_restores_exactly(tmp_path):
+    accelerator, model, optimizer, scheduler, clipper = trained_state()
+    accelerator.save_state(str(tmp_path))
     expected = (random.random(), np.random.random(), torch.rand(2))
+    want = ({k: v.clone() for k, v in model.state_dict().items()}, optimizer.state_dict(),
+            scheduler.state_dict(), clipper.state_dict())
 
-    loaded = load_trainer_state(tmp_path / "trainer_state.pt")
+    check_folder_weights_only(tmp_path)  # every pickle accelerate wrote, RNG states included
+    fresh, model2, optimizer2, scheduler2, clipper2 = trained_state(seed=1)  # other values
+    fresh.load_state(str(tmp_path))
 
-    assert loaded["progress"] == state["progress"] and loaded["stats"] == state["stats"]
-    torch.testing.assert_close(loaded["optimizer"]["state"], state["optimizer"]["state"])
-    assert loaded["scheduler"]["last_epoch"] == 2
-    restore_rng_state(loaded["rng"])  # python, numpy and torch draws replay exactly
+    # python, numpy and torch draws replay exactly; the registered objects are restored
     assert (random.random(), np.random.random()) == expected[:2]
     assert torch.equal(torch.rand(2), expected[2])
-
-
-def test_a_trainer_state_written_before_the_plain_rng_form_still_loads(tmp_path):
-    # Earlier versions saved np.random.get_state() as is: a numpy array inside.
-    state = real_trainer_state()
-    state["rng"]["numpy"] = np.random.get_state()
-    torch.save(state, tmp_path / "trainer_state.pt")
-    expected = np.random.random()
-
-    restore_rng_state(load_trainer_state(tmp_path / "trainer_state.pt")["rng"])
-
-    assert np.random.random() == expected
+    torch.testing.assert_close(model2.state_dict(), want[0])
+    torch.testing.assert_close(optimizer2.state_dict()["state"], want[1]["state"])
+    assert scheduler2.state_dict()["last_epoch"] == want[2]["last_epoch"] == 2
+    assert clipper2.state_dict() == want[3]
 
 
 class Payload:
@@ -89,15 +82,15 @@ class Payload:
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
 def test_a_malicious_pickle_is_refused_with_a_clear_message(tmp_path, writer):
     marker = tmp_path / "code-ran"
-    path = tmp_path / "trainer_state.pt"
-    state = {"progress": {"step": 1}, "evil": Payload(marker)}
+    path = tmp_path / "custom_checkpoint_0.pkl"
+    state = {"last_epoch": 1, "evil": Payload(marker)}
     if writer == "torch.save":
         torch.save(state, path)
     else:
         path.write_bytes(pickle.dumps(state))
 
     with pytest.raises(UnsafeCheckpointError) as caught:
-        load_trainer_state(path)
+        check_weights_only(path)
 
     message = str(caught.value)
     assert message.startswith(f"{path}: refused to load") and "weights_only=True" in message
@@ -109,11 +102,31 @@ def test_a_malicious_pickle_is_refused_with_a_clear_message(tmp_path, writer):
         assert marker.exists()
 
 
-def save_step(manager: CheckpointManager, step: int) -> Path:
-    def write(folder: Path) -> None:
-        save_trainer_state(real_trainer_state(step), folder / "trainer_state.pt")
+def test_accelerate_alone_would_run_a_planted_registered_state(tmp_path):
+    """Why the folder is checked first: accelerate unpickles registered objects' states with
+    weights_only=False, so a planted custom_checkpoint runs code in load_state."""
+    accelerator, *_ = trained_state()
+    accelerator.save_state(str(tmp_path))
+    marker = tmp_path / "code-ran"
+    torch.save(Payload(marker), tmp_path / "custom_checkpoint_1.pkl")
 
-    return manager.save(step, write)
+    with pytest.raises(UnsafeCheckpointError, match="custom_checkpoint_1.pkl: refused to load"):
+        check_folder_weights_only(tmp_path)
+    assert not marker.exists()
+    with pytest.raises(TypeError):  # the clipper is handed the file object the payload made
+        trained_state()[0].load_state(str(tmp_path))
+    assert marker.exists()
+
+
+def save_step(manager: CheckpointManager, step: int) -> Path:
+    accelerator, *_ = trained_state(step)
+    return manager.save(step, lambda folder: accelerator.save_state(str(folder)))
+
+
+def load_step(folder: Path) -> dict:
+    """What the trainer does before load_state: every pickle checked; returns the optimizer."""
+    check_folder_weights_only(folder)
+    return torch.load(folder / "optimizer.bin", weights_only=True)
 
 
 def truncate(path: Path, keep: float = 0.5) -> None:
@@ -126,14 +139,14 @@ def test_a_full_disk_mid_save_keeps_the_previous_checkpoint(tmp_path, monkeypatc
     save_step(manager, 1)
     real_save = torch.save
 
-    def save_until_the_disk_fills(obj, path):
+    def save_until_the_disk_fills(obj, path, *args, **kwargs):
         # Simulated: a real ENOSPC needs a full filesystem, which a test cannot make here. The
         # file gets half its bytes, then the write fails as write(2) does on a full disk.
-        real_save(obj, path)
+        real_save(obj, path, *args, **kwargs)
         truncate(Path(path))
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckpt.torch, "save", save_until_the_disk_fills)
+    monkeypatch.setattr(torch, "save", save_until_the_disk_fills)  # accelerate saves with it
     with pytest.raises(CheckpointError) as caught:
         save_step(manager, 2)
     monkeypatch.undo()
@@ -142,42 +155,46 @@ def test_a_full_disk_mid_save_keeps_the_previous_checkpoint(tmp_path, monkeypatc
     assert "step-00000001" in str(caught.value) and "is kept" in str(caught.value)
     assert [p.name for p in manager.finished()] == ["step-00000001"]
     assert not [p for p in manager.root.iterdir() if p.name.startswith(".")]  # no torn folder
-    folder, state = manager.load_latest(lambda f: load_trainer_state(f / "trainer_state.pt"))
-    assert folder.name == "step-00000001" and state["progress"]["step"] == 2
+    folder, optimizer = manager.load_latest(load_step)
+    assert folder.name == "step-00000001"
+    torch.testing.assert_close(optimizer["state"], trained_state(1)[2].state_dict()["state"])
 
 
+@pytest.mark.parametrize("name", ["optimizer.bin", "random_states_0.pkl",
+                                  "custom_checkpoint_1.pkl"])
 @pytest.mark.parametrize("keep", [0.0, 0.3, 0.99])
-def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, keep):
+def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, keep,
+                                                                      name):
     manager = CheckpointManager(tmp_path, keep_last=3)
     for step in (1, 2, 3):
         save_step(manager, step)
-    truncate(manager.root / "step-00000003" / "trainer_state.pt", keep)
+    truncate(manager.root / "step-00000003" / name, keep)
 
-    folder, state = manager.load_latest(lambda f: load_trainer_state(f / "trainer_state.pt"))
+    folder, optimizer = manager.load_latest(load_step)
 
     assert folder.name == "step-00000002"
-    torch.testing.assert_close(state["optimizer"], real_trainer_state(2)["optimizer"])
+    torch.testing.assert_close(optimizer["state"], trained_state(2)[2].state_dict()["state"])
     out = capsys.readouterr().out
     assert "resume: step-00000003 cannot be loaded" in out and "truncated or corrupt" in out
-    assert "falling back to the checkpoint before it" in out
+    assert name in out and "falling back to the checkpoint before it" in out
 
 
 def test_no_loadable_checkpoint_is_one_clear_error(tmp_path):
     manager = CheckpointManager(tmp_path, keep_last=3)
     for step in (1, 2):
         save_step(manager, step)
-        truncate(manager.root / f"step-{step:08d}" / "trainer_state.pt")
+        truncate(manager.root / f"step-{step:08d}" / "optimizer.bin")
     with pytest.raises(CheckpointError, match="no checkpoint can be loaded to resume from"):
-        manager.load_latest(lambda f: load_trainer_state(f / "trainer_state.pt"))
+        manager.load_latest(load_step)
 
 
 def test_an_unsafe_latest_checkpoint_stops_the_resume(tmp_path):
     manager = CheckpointManager(tmp_path, keep_last=3)
     save_step(manager, 1)
     folder = save_step(manager, 2)
-    torch.save({"evil": Payload(tmp_path / "code-ran")}, folder / "trainer_state.pt")
+    torch.save({"evil": Payload(tmp_path / "code-ran")}, folder / "custom_checkpoint_0.pkl")
     with pytest.raises(UnsafeCheckpointError):
-        manager.load_latest(lambda f: load_trainer_state(f / "trainer_state.pt"))
+        manager.load_latest(load_step)
     assert not (tmp_path / "code-ran").exists()
 
 

@@ -1,11 +1,9 @@
 """Weighted epochs are exact and reproducible; checkpoints are atomic, pruned and ranked."""
 
-import random
-
 import pytest
 import torch
 
-from distill.train.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from distill.train.checkpoint import CheckpointManager
 from distill.train.sampling import WeightedEpochSampler
 
 
@@ -79,14 +77,6 @@ def test_a_failed_save_leaves_the_previous_checkpoint_latest(tmp_path):
         manager.save(2, crash)
     assert [p.name for p in manager.finished()] == ["step-00000001"]
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
-
-
-def test_rng_state_round_trip():
-    state = capture_rng_state()
-    expected = (random.random(), torch.rand(3))
-    restore_rng_state(state)
-    assert random.random() == expected[0]
-    assert torch.equal(torch.rand(3), expected[1])
 
 
 def test_ranks_share_no_sample_and_together_read_the_single_process_stream():

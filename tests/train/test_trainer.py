@@ -121,6 +121,22 @@ def test_loss_falls(workspace, tmp_path):
     assert "name: tiny" in card  # the recipe, inlined
 
 
+@pytest.mark.parametrize("best_metric", ["valid_loss", "token_accuracy"])
+def test_best_is_the_checkpoint_with_the_best_named_validation_value(workspace, tmp_path,
+                                                                     best_metric):
+    from distill.config import VALIDATION_METRICS
+
+    recipe = make_recipe(workspace, tmp_path, max_steps=4, batch_size=4, eval_every_steps=1,
+                         checkpoint={"every_steps": 1, "keep_last": 4, "best_metric": best_metric})
+    Trainer(recipe).train()
+    log = read_log(tmp_path)
+    assert set(VALIDATION_METRICS) <= set(log[0])  # the names the recipe offers are logged
+    pick = max if VALIDATION_METRICS[best_metric] else min
+    best = pick(row[best_metric] for row in log)
+    best_step = next(row["step"] for row in log if row[best_metric] == best)  # first of ties
+    assert (tmp_path / "best").resolve().name == f"step-{best_step:08d}"
+
+
 def trainable(trainer) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in trainer.student.named_parameters() if p.requires_grad}
 
@@ -291,6 +307,56 @@ def test_zero2_through_accelerate_on_cpu_matches_the_plain_first_step(workspace,
     assert got[0]["grad_norm"] == pytest.approx(want[0]["grad_norm"], rel=1e-4)
     assert all(math.isfinite(row["loss"]) for row in got)
     assert got[-1]["clip_threshold"] is not None  # ZClip past warm-up set a threshold
+
+
+def launch_zero2(config_dir: Path, recipe_path: Path, processes: int,
+                 *extra: str) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of train-student under DeepSpeed ZeRO-2 on the CPU (gloo)."""
+    config = config_dir / f"accelerate_zero2_{processes}.yaml"
+    config.write_text(yaml.safe_dump({
+        "compute_environment": "LOCAL_MACHINE", "distributed_type": "DEEPSPEED",
+        "deepspeed_config": {"deepspeed_config_file": str(ROOT / "recipes/deepspeed/zero2.json"),
+                             "zero3_init_flag": False},
+        "num_machines": 1, "num_processes": processes, "machine_rank": 0, "use_cpu": True,
+        "main_process_port": 29500 + os.getpid() % 1000,
+    }))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+         "-m", "distill.cli", "train-student", str(recipe_path), "--no-eval", *extra],
+        capture_output=True, text=True, env=env, timeout=900, check=False,
+    )
+
+
+def test_resume_under_two_process_zero2_follows_the_uninterrupted_run(workspace, tmp_path):
+    """Two processes, DeepSpeed ZeRO-2 (optimizer state partitioned per rank): a run stopped
+    after step 2 and resumed with --resume logs the same losses and gradient norms for steps 3
+    and 4 as the run that never stopped; each rank's partition and RNG state come back."""
+    pytest.importorskip("deepspeed")
+    recipes = {}
+    for name, steps in (("straight", 4), ("stopped", 2), ("resumed", 4)):
+        out = "stopped" if name != "straight" else "straight"
+        recipe = make_recipe(workspace, tmp_path / out, max_steps=steps, batch_size=1,
+                             checkpoint={"every_steps": 2, "keep_last": 2},
+                             clip={"mode": "zclip", "zclip_warmup_steps": 1, "max_norm": 1e6})
+        recipe.data.augment.enabled = True  # each rank's augmentation RNG must come back
+        recipe.model.llm.lora.dropout = 0.1  # and its dropout RNG
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+        recipes[name] = path
+    for name, extra in (("straight", ()), ("stopped", ()), ("resumed", ("--resume",))):
+        run = launch_zero2(tmp_path, recipes[name], 2, *extra)
+        assert run.returncode == 0, name + run.stdout[-3000:] + run.stderr[-3000:]
+    assert "resumed at step 2" in run.stdout
+    checkpoint = tmp_path / "stopped" / "checkpoints" / "step-00000002"
+    assert (checkpoint / "random_states_1.pkl").is_file()  # the second rank's RNG state
+    assert len(list(checkpoint.rglob("zero_pp_rank_1_*optim_states.pt"))) == 1  # its partition
+
+    want, got = read_log(tmp_path / "straight"), read_log(tmp_path / "stopped")
+    assert [row["step"] for row in got] == [1, 2, 3, 4]
+    for expected, have in zip(want, got, strict=True):
+        assert have["loss"] == pytest.approx(expected["loss"], rel=1e-6), have["step"]
+        assert have["grad_norm"] == pytest.approx(expected["grad_norm"], rel=1e-5), have["step"]
 
 
 def test_a_cap_that_clips_most_steps_is_warned_about_in_the_log(workspace, tmp_path, capsys):
