@@ -465,6 +465,7 @@ def test_report_to_tensorboard_and_wandb_offline(workspace, tmp_path, monkeypatc
     digest = hashlib.sha256((root / "cache" / "meta.json").read_bytes()).hexdigest()
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
     config, history = read_wandb_offline_run(run_file)
+    assert "recipe.name" in config, sorted(config)[:20]
     assert json.loads(config["recipe.name"]) == "tiny"
     assert json.loads(config["teacher_cache.meta_sha256"]) == digest
     assert json.loads(config["recipe.train.max_steps"]) == 3
@@ -500,9 +501,12 @@ def read_wandb_offline_run(path: Path) -> tuple[dict, list[tuple[int, dict]]]:
             continue
         record = wandb_internal_pb2.Record.FromString(b"".join(parts))
         name = lambda item: item.key or "/".join(item.nested_key)  # noqa: E731
-        if record.WhichOneof("record_type") == "config":
+        kind_of_record = record.WhichOneof("record_type")
+        if kind_of_record == "config":
             config.update({name(i): i.value_json for i in record.config.update})
-        elif record.WhichOneof("record_type") == "history":
+        elif kind_of_record == "run":  # a config update made before the run record was sent
+            config.update({name(i): i.value_json for i in record.run.config.update})
+        elif kind_of_record == "history":
             history.append((record.history.step.num,
                             {name(i): i.value_json for i in record.history.item}))
     return config, history
