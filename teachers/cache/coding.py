@@ -139,7 +139,10 @@ class TopKCodec:
         ranks = Categorical(np.asarray(self.rank_table, np.float64), perfect=False)
         ids = Categorical(id_class_probabilities(self.vocab_size, self.id_alpha, self.id_offset),
                           perfect=False)
-        return gaps, ranks, ids
+        n_classes = id_class_probabilities(self.vocab_size, 1.0, 1.0).size
+        base, widths = id_class_ranges(np.arange(n_classes))
+        # per class: first id, and the Uniform size of its low bits (1: none)
+        return gaps, ranks, ids, (base, (1 << widths).astype(np.int32))
 
     def _encode_ids(self, enc, ids: np.ndarray, model) -> None:
         import constriction
@@ -154,12 +157,12 @@ class TopKCodec:
     def _decode_ids(self, dec, count: int, model) -> np.ndarray:
         import constriction
 
-        classes = dec.decode(model, count).astype(np.int64)
-        base, widths = id_class_ranges(classes)
-        wide = widths > 0
+        class_base, class_sizes = self._models[3]
+        classes = dec.decode(model, count)
+        base, sizes = class_base[classes], class_sizes[classes]
+        wide = sizes > 1
         if wide.any():
-            base[wide] += dec.decode(constriction.stream.model.Uniform(),
-                                     (1 << widths[wide]).astype(np.int32))
+            base[wide] += dec.decode(constriction.stream.model.Uniform(), sizes[wide])
         if base.size and base.max() >= self.vocab_size:
             raise CodingError(f"decoded id {base.max()} >= vocab size {self.vocab_size}")
         return base
@@ -181,7 +184,7 @@ class TopKCodec:
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
             raise ValueError(f"top-k ids must lie in [0, {self.vocab_size})")
         gaps = np.diff(codes, axis=1, prepend=0)
-        gap_models, rank_model, id_model = self._models
+        gap_models, rank_model, id_model, _ = self._models
         enc = RangeEncoder()
         # 1. the target token's rank in its row (k: not in the row, its id follows)
         ranks = rank_in_row(ids, response)
@@ -223,7 +226,7 @@ class TopKCodec:
         if length == 0:
             empty = np.zeros((0, k), np.int64)
             return np.zeros(0, np.int64), empty, empty.astype(np.float32), np.zeros(0, np.int64)
-        gap_models, rank_model, id_model = self._models
+        gap_models, rank_model, id_model, _ = self._models
         try:
             dec = RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
             rank_escape = len(self.rank_table) - 1

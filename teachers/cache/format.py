@@ -11,6 +11,7 @@ README.md here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import struct
@@ -104,7 +105,7 @@ class CacheMeta:
         """The fixed-width logprob code: every logprob in versions 1-2, the rest in 3."""
         return LogprobCodec(self.logprob_bits, self.logprob_floor)
 
-    @property
+    @functools.cached_property
     def topk_codec(self) -> TopKCodec:
         """Version 3's top-k block coder (its built models are shared per distinct meta)."""
         return TopKCodec.from_meta(self.topk_coding, self.k, self.vocab_size, self.logprob_floor,

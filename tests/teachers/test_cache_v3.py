@@ -226,3 +226,25 @@ def test_fixture_folder_is_left_untouched_by_reading(tmp_path):
     open_cache(copy).get("s0")
     verify_cache(copy)
     assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+
+
+def test_a_cache_begun_in_version_2_keeps_growing_in_version_2(tmp_path):
+    """generate-teacher on a version-2 folder appends version-2 records instead of refusing."""
+    from teachers.cache import CacheMetaMismatch
+    from teachers.cache.reader import read_meta
+    from teachers.cache.writer import in_folder_format
+
+    old = make_meta(k=16, version=2)
+    rng = np.random.default_rng(4)
+    first, second = sample_from(rng, 4, 16)[0], sample_from(rng, 5, 16)[0]
+    with CacheWriter(tmp_path, old) as writer:
+        writer.add("a", first)
+    adopted = in_folder_format(tmp_path, read_meta(tmp_path), make_meta(k=16))
+    assert adopted == old
+    with CacheWriter(tmp_path, adopted) as writer:
+        writer.add("b", second)
+    with open_cache(tmp_path) as cache:
+        np.testing.assert_array_equal(cache.get("b").topk_ids, second.topk_ids)
+    assert verify_cache(tmp_path).ok
+    with pytest.raises(CacheMetaMismatch, match="temperature: 1.0 != 0.5"):
+        in_folder_format(tmp_path, read_meta(tmp_path), make_meta(k=16, temperature=0.5))
