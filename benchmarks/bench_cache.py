@@ -16,6 +16,7 @@ and with tables fitted on the even samples only, on the odd ones (out-of-sample:
 figure). ``--ideas`` adds the ideal code length of each part and of other id models.
 
     python benchmarks/bench_cache.py [--k 64] [--rows rows.npz] [--save rows.npz] [--ideas]
+                                     [--repack runs/demo/teacher_cache]
 """
 
 from __future__ import annotations
@@ -210,6 +211,27 @@ def ideas(rows: list[dict], vocab: int, k: int) -> list[tuple[str, float]]:
     return out
 
 
+def repack(source: Path, target: Path) -> list[str]:
+    """Copy a cache into the current format version; ``cache stats`` lines of both.
+
+    The source's rows are already rounded by its own format, so this measures size, not error.
+    """
+    import dataclasses
+
+    from teachers.cache import CacheWriter, open_cache
+    from teachers.cache.format import FORMAT_VERSION, CacheMeta
+    from teachers.cache.verify import cache_stats
+
+    with open_cache(source) as cache:
+        meta = dataclasses.replace(cache.meta, version=FORMAT_VERSION,
+                                   topk_coding=CacheMeta.__dataclass_fields__["topk_coding"]
+                                   .default_factory())
+        with CacheWriter(target, meta, shard_size=1 << 20) as writer:
+            for sample_id in cache:
+                writer.add(sample_id, cache.get(sample_id))
+    return cache_stats(source).lines() + cache_stats(target).lines()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--k", type=int, default=64)
@@ -217,7 +239,12 @@ def main() -> int:
     parser.add_argument("--save", type=Path, help="save the teacher rows here")
     parser.add_argument("--fit", action="store_true", help="print version 3 tables fitted on all rows")
     parser.add_argument("--ideas", action="store_true", help="ideal bits per entry of each part")
+    parser.add_argument("--repack", type=Path, help="also copy this cache into the current "
+                        "format and print `cache stats` of both (e.g. the demo's teacher cache)")
     args = parser.parse_args()
+    if args.repack:
+        with tempfile.TemporaryDirectory() as tmp:
+            print("\n".join(repack(args.repack, Path(tmp) / "repacked")))
 
     from teachers.cache import CacheMeta
     from teachers.cache.coding import DEFAULT_CODEC, fit_tables
