@@ -3,14 +3,15 @@
 Why: fixed-width records (version 2) spend ceil(log2 V) bits on every id and 12 bits on every
 logprob: 3.5-3.63 B per top-k entry. The information is much less. Each row is kept best
 first, so its quantised logprobs only grow in distance from 0: the gaps between neighbours are
-small non-negative integers (most 0-3 at a 0.039-nat step). Top-k ids of a BPE vocabulary are
+small non-negative integers, cheap under a fitted model. Top-k ids of a BPE vocabulary are
 skewed to low ids (an id's position is its merge order, roughly its frequency), so a Zipf
 model over the id, p(id) proportional to (id + offset)^-alpha, codes them below log2 V bits.
 The target token is usually in the row, so its rank replaces its id. All symbols of a record are
 coded with ``constriction``'s range coder (native code, whole numpy arrays per call): a sample
-is still one ``pread`` and decodes in tens of microseconds.
+is still one ``pread``, decoded in a few hundred microseconds (17 rows of 64, busy 2-core CPU;
+BENCHMARKS.md "Cache format").
 
-The models are fixed per cache: their parameters live in ``meta.json``'s ``codec`` (defaults
+The models are fixed per cache: their parameters live in ``meta.json``'s ``topk_coding`` (defaults
 fitted on real SmolLM2-135M-Instruct top-64 rows by ``benchmarks/bench_cache.py``), so a later
 change of the defaults never changes how an existing cache decodes. A teacher whose rows differ
 from the fit pays a few more bits, never an error.
