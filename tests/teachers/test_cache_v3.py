@@ -164,6 +164,21 @@ def test_caches_written_by_the_version_2_writer_still_read(version):
     assert "per entry" in "\n".join(stats.lines())
 
 
+def test_the_committed_version_3_fixture_decodes_to_the_same_values():
+    """Guards the bytes on disk: a constriction release that quantised the models differently
+    (or a change to the coder) would make existing caches unreadable; this catches it."""
+    exact = json.loads((FIXTURES / "cache-exact.json").read_text())
+    with open_cache(FIXTURES / "cache-v3") as cache:
+        assert cache.meta.version == 3
+        for sample_id, want in exact.items():
+            got = cache.get(sample_id)
+            np.testing.assert_array_equal(got.response_ids, want["response_ids"])
+            np.testing.assert_array_equal(got.topk_ids, want["topk_ids"])
+            np.testing.assert_allclose(got.topk_logprobs, want["topk_logprobs"],
+                                       atol=cache.meta.max_logprob_error + 1e-5)
+    assert verify_cache(FIXTURES / "cache-v3").ok
+
+
 # ------------------------------------------------------------------------------ corruption
 def write(folder: Path, count: int = 4):
     meta = make_meta(k=16)
