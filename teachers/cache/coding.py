@@ -101,7 +101,7 @@ class TopKCodec:
     @classmethod
     def from_meta(cls, codec: dict, k: int, vocab_size: int, floor: float, rest_bits: int) -> TopKCodec:
         try:
-            return _codec(
+            coder = _codec(
                 k, vocab_size, float(floor), int(rest_bits), float(codec["logprob_step"]),
                 tuple(int(b) for b in codec["slot_bounds"]),
                 tuple(tuple(float(x) for x in t) for t in codec["gap_tables"]),
@@ -110,6 +110,18 @@ class TopKCodec:
             )
         except (KeyError, TypeError, ValueError) as err:
             raise CodingError(f"meta codec is malformed ({err!r})") from None
+        tables = (*coder.gap_tables, coder.rank_table)
+        problems = [
+            "logprob_step must be positive" if not coder.step > 0 else "",
+            "gap_tables needs one table per slot context (len(slot_bounds) + 1)"
+            if len(coder.gap_tables) != len(coder.slot_bounds) + 1 else "",
+            "every table needs at least 2 positive entries"
+            if any(len(t) < 2 or min(t) <= 0 for t in tables) else "",
+            "id_offset must be positive" if not coder.id_offset > 0 else "",
+        ]
+        if any(problems):
+            raise CodingError(f"meta codec is malformed ({'; '.join(p for p in problems if p)})")
+        return coder
 
     # ---------------------------------------------------------------- quantiser
     @property

@@ -139,6 +139,9 @@ def test_meta_keeps_its_models_and_old_metas_have_none():
     broken["topk_coding"] = {"name": "x"}
     with pytest.raises(CacheFormatError, match="codec is malformed"):
         CacheMeta.from_json(json.dumps(broken))
+    broken["topk_coding"] = {**DEFAULT_CODEC, "gap_tables": DEFAULT_CODEC["gap_tables"][:3]}
+    with pytest.raises(CacheFormatError, match="one table per slot context"):
+        CacheMeta.from_json(json.dumps(broken))
 
 
 # ------------------------------------------------------------------------ old versions read
