@@ -134,8 +134,8 @@ def quantisation(endpoint: str, recipe, k: int, count: int) -> dict:
     return {
         "k": k, "samples": stats.samples, "tokens": stats.tokens,
         "bytes_per_token": stats.bytes_per_token, "bytes_per_entry": stats.bytes_per_entry,
+        "format_version": stats.version,  # payload: fixed width in versions 1-2, None in 3
         "payload_bytes_per_entry": stats.payload_bytes_per_entry,
-        "logprob_bytes_per_entry": 12 / 8,
         "mean_abs_error": float(errors.mean()), "max_abs_error": float(errors.max()),
     }
 

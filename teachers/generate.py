@@ -29,7 +29,7 @@ from teachers.backends.base import (
 )
 from teachers.cache.format import CachedSample, CacheMeta, rest_from_topk
 from teachers.cache.reader import open_cache, read_meta
-from teachers.cache.writer import META_NAME, CacheWriter, cache_lock, check_same_settings
+from teachers.cache.writer import META_NAME, CacheWriter, cache_lock, in_folder_format
 from teachers.fingerprint import Relation, check_compatible, fingerprint
 from teachers.prompts import (
     check_templates,
@@ -243,7 +243,7 @@ class Job:
         """The records whose ids the cache does not hold yet (the meta must match this run)."""
         stored: set[str] = set()
         if (self.cache_dir / META_NAME).exists():
-            check_same_settings(self.cache_dir, read_meta(self.cache_dir), self.meta)
+            self.meta = in_folder_format(self.cache_dir, read_meta(self.cache_dir), self.meta)
             with open_cache(self.cache_dir) as cache:
                 stored = cache.ids()
         todo = [r for r in records if r["id"] not in stored]

@@ -1,14 +1,17 @@
-"""The soft-target cache's on-disk encoding: meta record, bit-packed ids, quantised logprobs.
+"""The soft-target cache's on-disk encoding: meta record and records.
 
 Why a format of our own: a top-k row per target token for a million samples is large, and the
-trainer reads one sample at a time by id. Fixed-width bit-packing (ceil(log2 V) bits per id) and
-12-bit logprobs keep a top-k entry near 3.6 bytes at V=128256 (2.1 B id + 1.5 B logprob), and a
-per-record layout with an index lets a reader seek straight to one sample. See README.md here.
+trainer reads one sample at a time by id. Version 3 range-codes each record's top-k block
+(coding.py: about 2.2 B per top-k entry on real rows at k=64); versions 1 and 2 bit-packed it
+at fixed width (ceil(log2 V) bits per id, 12-bit logprobs: 3.6 B per entry at V=128256) and
+stay readable. A per-record layout with an index lets a reader seek straight to one sample.
+See README.md here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import struct
@@ -18,10 +21,12 @@ from typing import NamedTuple
 import numpy as np
 
 from distill.errors import DistillError
+from teachers.cache.coding import DEFAULT_CODEC, CodingError, TopKCodec
 
 FORMAT_NAME = "distill-teacher-cache"
-FORMAT_VERSION = 2  # 2 added a rest block per record (the mass outside the top-k)
-READABLE_VERSIONS = (1, 2)
+# 2 added a rest block per record (the mass outside the top-k); 3 range-codes the top-k block
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 RECORD_MAGIC = b"DTC1"
 NO_TEXT = 0xFFFFFFFF  # length marker for an absent (None) text field
 
@@ -75,10 +80,16 @@ class CacheMeta:
 
     def mode_for(self, task: str | None) -> str:
         return self.task_modes.get(task, self.mode) if task is not None else self.mode
-    logprob_bits: int = LOGPROB_BITS
+    logprob_bits: int = LOGPROB_BITS  # versions 1-2: every logprob; version 3: the rest only
     logprob_floor: float = LOGPROB_FLOOR
     format: str = FORMAT_NAME
     version: int = FORMAT_VERSION
+    # version 3: the top-k block's models (coding.py); {} in versions 1-2
+    topk_coding: dict = dataclasses.field(default_factory=lambda: json.loads(json.dumps(DEFAULT_CODEC)))
+
+    def __post_init__(self):
+        if self.version < 3 and self.topk_coding:
+            object.__setattr__(self, "topk_coding", {})
 
     @property
     def id_bits(self) -> int:
@@ -91,7 +102,19 @@ class CacheMeta:
 
     @property
     def codec(self) -> LogprobCodec:
+        """The fixed-width logprob code: every logprob in versions 1-2, the rest in 3."""
         return LogprobCodec(self.logprob_bits, self.logprob_floor)
+
+    @functools.cached_property
+    def topk_codec(self) -> TopKCodec:
+        """Version 3's top-k block coder (its built models are shared per distinct meta)."""
+        return TopKCodec.from_meta(self.topk_coding, self.k, self.vocab_size, self.logprob_floor,
+                                   self.logprob_bits)
+
+    @property
+    def max_logprob_error(self) -> float:
+        """Largest |stored - true| of a top-k logprob above the floor: half the step."""
+        return self.topk_codec.step / 2 if self.version >= 3 else self.codec.max_error
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
@@ -118,9 +141,17 @@ class CacheMeta:
         required = {f.name for f in dataclasses.fields(cls)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         missing = sorted(required - set(data))
+        if data["version"] >= 3 and "topk_coding" not in data:
+            missing.append("topk_coding")
         if missing:
             raise CacheFormatError(f"meta record lacks required fields: {', '.join(missing)}")
-        return cls(**data)
+        meta = cls(**data)
+        if meta.version >= 3:
+            try:
+                meta.topk_codec  # noqa: B018 - validates the models once, at open
+            except CodingError as err:
+                raise CacheFormatError(str(err)) from None
+        return meta
 
     def differences(self, other: CacheMeta) -> list[str]:
         """Human-readable ``field: this != other`` lines (empty when the metas agree)."""
@@ -203,8 +234,11 @@ class LogprobCodec:
 _HEADER = struct.Struct("<4sHIH")  # magic, id length, response length T, k
 
 
+_CODED_LENGTH = struct.Struct("<I")  # version 3: bytes of the range-coded top-k block
+
+
 def encode_record(sample_id: str, sample: CachedSample, meta: CacheMeta) -> bytes:
-    """One sample as bytes: header, id, packed response ids, packed top-k ids and logprobs, texts."""
+    """One sample as bytes: header, id, top-k block (coded or packed by version), texts."""
     response = np.asarray(sample.response_ids, dtype=np.int64).reshape(-1)
     topk_ids = np.asarray(sample.topk_ids, dtype=np.int64)
     topk_lp = np.asarray(sample.topk_logprobs, dtype=np.float32)
@@ -220,20 +254,27 @@ def encode_record(sample_id: str, sample: CachedSample, meta: CacheMeta) -> byte
     name = sample_id.encode("utf-8")
     if len(name) > 0xFFFF:
         raise ValueError(f"sample id too long ({len(name)} bytes)")
-    bits = meta.id_bits
-    parts = [
-        _HEADER.pack(RECORD_MAGIC, len(name), length, k),
-        name,
-        pack_uints(response, bits),
-        pack_uints(topk_ids, bits),
-        pack_uints(meta.codec.encode(topk_lp), meta.logprob_bits),
-    ]
+    parts = [_HEADER.pack(RECORD_MAGIC, len(name), length, k), name]
     if meta.has_rest:
         rest = sample.rest_logprobs
         rest = rest_from_topk(topk_lp) if rest is None else np.asarray(rest, dtype=np.float64)
         if rest.shape != (length,):
             raise ValueError(f"{sample_id}: rest log-masses {list(rest.shape)} != [{length}]")
-        parts.append(pack_uints(meta.codec.encode(rest), meta.logprob_bits))
+    if meta.version >= 3:
+        try:
+            block = meta.topk_codec.encode(response, topk_ids, topk_lp, meta.codec.encode(rest))
+        except ValueError as err:
+            raise ValueError(f"{sample_id}: {err}") from None
+        parts += [_CODED_LENGTH.pack(len(block)), block]
+    else:
+        bits = meta.id_bits
+        parts += [
+            pack_uints(response, bits),
+            pack_uints(topk_ids, bits),
+            pack_uints(meta.codec.encode(topk_lp), meta.logprob_bits),
+        ]
+        if meta.has_rest:
+            parts.append(pack_uints(meta.codec.encode(rest), meta.logprob_bits))
     parts += [_encode_text(sample.text), _encode_text(sample.rationale)]
     return b"".join(parts)
 
@@ -266,7 +307,28 @@ def decode_record(data: bytes | memoryview, meta: CacheMeta) -> tuple[str, Cache
     except UnicodeDecodeError as err:
         raise CacheFormatError(f"sample id is not UTF-8: {err}") from None
     pos += name_len
-    bits = meta.id_bits
+    if meta.version >= 3:
+        response, ids, logprobs, rest, pos = _decode_coded_block(view, pos, length, meta, sample_id)
+    else:
+        response, ids, logprobs, rest, pos = _decode_packed_block(view, pos, length, meta, sample_id)
+    text, pos = _decode_text(view, pos, sample_id)
+    rationale, pos = _decode_text(view, pos, sample_id)
+    if pos != len(view):
+        raise CacheFormatError(f"{sample_id}: {len(view) - pos} unexpected bytes after the record")
+    sample = CachedSample(
+        response_ids=response,
+        topk_ids=ids,
+        topk_logprobs=logprobs,
+        rationale=rationale,
+        text=text,
+        rest_logprobs=meta.codec.decode(rest) if rest is not None else None,
+    )
+    return sample_id, sample
+
+
+def _decode_packed_block(view: memoryview, pos: int, length: int, meta: CacheMeta, sample_id: str):
+    """Versions 1-2: fixed-width arrays; returns (response, ids, logprobs, rest codes, end)."""
+    bits, k = meta.id_bits, meta.k
     blocks = []
     layout = [(length, bits), (length * k, bits), (length * k, meta.logprob_bits)]
     if meta.has_rest:
@@ -277,20 +339,24 @@ def decode_record(data: bytes | memoryview, meta: CacheMeta) -> tuple[str, Cache
             raise CacheFormatError(f"{sample_id}: record truncated")
         blocks.append(unpack_uints(view[pos : pos + size], width, count))
         pos += size
-    text, pos = _decode_text(view, pos, sample_id)
-    rationale, pos = _decode_text(view, pos, sample_id)
-    if pos != len(view):
-        raise CacheFormatError(f"{sample_id}: {len(view) - pos} unexpected bytes after the record")
     response, ids, codes = blocks[:3]
-    sample = CachedSample(
-        response_ids=response,
-        topk_ids=ids.reshape(length, k),
-        topk_logprobs=meta.codec.decode(codes).reshape(length, k),
-        rationale=rationale,
-        text=text,
-        rest_logprobs=meta.codec.decode(blocks[3]) if meta.has_rest else None,
-    )
-    return sample_id, sample
+    rest = blocks[3] if meta.has_rest else None
+    return response, ids.reshape(length, k), meta.codec.decode(codes).reshape(length, k), rest, pos
+
+
+def _decode_coded_block(view: memoryview, pos: int, length: int, meta: CacheMeta, sample_id: str):
+    """Version 3: u32 length + range-coded block; returns (response, ids, logprobs, rest, end)."""
+    if pos + _CODED_LENGTH.size > len(view):
+        raise CacheFormatError(f"{sample_id}: record truncated")
+    (size,) = _CODED_LENGTH.unpack_from(view, pos)
+    pos += _CODED_LENGTH.size
+    if pos + size > len(view):
+        raise CacheFormatError(f"{sample_id}: record truncated")
+    try:
+        response, ids, logprobs, rest = meta.topk_codec.decode(view[pos : pos + size], length)
+    except CodingError as err:
+        raise CacheFormatError(f"{sample_id}: {err}") from None
+    return response, ids, logprobs, rest, pos + size
 
 
 def _encode_text(text: str | None) -> bytes:

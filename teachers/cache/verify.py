@@ -119,6 +119,8 @@ class CacheStats:
     logprob_bits: int
     mode: str
     teacher: str
+    version: int = 3
+    logprob_step: float | None = None  # version 3: the top-k logprobs' rounding step
 
     @property
     def entries(self) -> int:
@@ -133,21 +135,29 @@ class CacheStats:
         return self.data_bytes / self.entries if self.entries else 0.0
 
     @property
-    def payload_bytes_per_entry(self) -> float:
-        """Bytes of one top-k entry alone (packed id + packed logprob), without record overhead."""
-        return (self.id_bits + self.logprob_bits) / 8
+    def payload_bytes_per_entry(self) -> float | None:
+        """Bytes of one top-k entry alone (packed id + packed logprob), without record overhead;
+        None in version 3, whose entries are range-coded (no fixed width)."""
+        return (self.id_bits + self.logprob_bits) / 8 if self.version < 3 else None
 
     def lines(self) -> list[str]:
+        if self.payload_bytes_per_entry is None:
+            coding = (f"range-coded ids and logprobs at a {self.logprob_step:g}-nat step, format "
+                      f"version {self.version}")
+        else:
+            coding = (f"{self.id_bits}-bit ids, {self.logprob_bits}-bit logprobs = "
+                      f"{self.payload_bytes_per_entry:.3f} B/entry, format version {self.version}")
+        entries = max(self.entries, 1)
         return [
             f"cache        {self.directory}",
             f"teacher      {self.teacher} ({self.mode} mode, top-{self.k})",
             f"samples      {self.samples} in {self.shards} shard(s)",
             f"tokens       {self.tokens} (mean {self.tokens / max(self.samples, 1):.1f} per sample)",
-            f"top-k        {self.entries} entries ({self.id_bits}-bit ids, "
-            f"{self.logprob_bits}-bit logprobs = {self.payload_bytes_per_entry:.3f} B/entry)",
+            f"top-k        {self.entries} entries ({coding})",
             f"bytes        {self.data_bytes} data + {self.index_bytes} index",
             f"per token    {self.bytes_per_token:.2f} B",
-            f"per entry    {self.bytes_per_entry:.3f} B (all data bytes / top-k entries)",
+            f"per entry    {self.bytes_per_entry:.3f} B (all data bytes / top-k entries); "
+            f"{(self.data_bytes + self.index_bytes) / entries:.3f} B with the index",
         ]
 
 
@@ -170,7 +180,8 @@ def cache_stats(directory: str | os.PathLike) -> CacheStats:
     return CacheStats(
         directory=str(directory), samples=samples, shards=shards, tokens=tokens, k=meta.k,
         data_bytes=data_bytes, index_bytes=index_bytes, id_bits=meta.id_bits,
-        logprob_bits=meta.logprob_bits, mode=meta.mode, teacher=meta.teacher,
+        logprob_bits=meta.logprob_bits, mode=meta.mode, teacher=meta.teacher, version=meta.version,
+        logprob_step=meta.topk_codec.step if meta.version >= 3 else None,
     )
 
 

@@ -16,6 +16,7 @@ the shards finished before it stay readable.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -70,6 +71,18 @@ def ensure_meta(directory: Path, meta: CacheMeta) -> None:
             temp.unlink(missing_ok=True)
     existing = CacheMeta.from_json(target.read_text(encoding="utf-8"))
     check_same_settings(directory, existing, meta)
+
+
+def in_folder_format(directory, cached: CacheMeta, wanted: CacheMeta) -> CacheMeta:
+    """``wanted`` in the stored cache's format (version and its top-k models), after checking
+    that every setting agrees (CacheMetaMismatch otherwise).
+
+    Why: the format is how rows are stored, not what they are; a cache begun in an older
+    readable version keeps growing in it rather than being refused or mixed.
+    """
+    adopted = dataclasses.replace(wanted, version=cached.version, topk_coding=cached.topk_coding)
+    check_same_settings(directory, cached, adopted)
+    return adopted
 
 
 def check_same_settings(directory, cached: CacheMeta, wanted: CacheMeta) -> None:

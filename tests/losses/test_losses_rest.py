@@ -14,7 +14,14 @@ import torch
 
 from distill.losses import TopKTargets
 from distill.losses import functional as LF
-from teachers.cache.format import LogprobCodec, rest_from_topk
+from teachers.cache.format import (
+    CachedSample,
+    CacheMeta,
+    LogprobCodec,
+    decode_record,
+    encode_record,
+    rest_from_topk,
+)
 
 K = 8
 LOSSES = {
@@ -26,13 +33,13 @@ LOSSES = {
     "skew_reverse_kl": LF.skew_reverse_kl,
     "uld": LF.uld,
 }
-FLOOR = 2e-3  # nats per token: KL-type losses are second order in the 12-bit rounding error
+FLOOR = 2e-3  # nats per token: KL-type losses are second order in the cache's rounding error
 FIRST_ORDER = ("tvd", "uld")  # distances are first order: sum p |d log p| <= max_error, x2 margin
 
 
 def floor(name: str, temperature: float) -> float:
     if name in FIRST_ORDER:
-        return 2 * LogprobCodec().max_error * temperature**2  # T^2 scaling
+        return 2 * cache_meta(2).max_logprob_error * temperature**2  # T^2 scaling
     return FLOOR
 
 
@@ -46,15 +53,23 @@ def peaked_rows(n: int = 64, vocab: int = 300, seed: int = 0) -> torch.Tensor:
     return logits
 
 
+def cache_meta(vocab: int) -> CacheMeta:
+    return CacheMeta(teacher="t", teacher_revision=None, tokenizer_fingerprint="fp",
+                     target_tokenizer_fingerprint="fp", mode="score", k=K, logprob_mode="raw_logprobs",
+                     temperature=1.0, prompt_template_hash="h", vocab_size=vocab)
+
+
 def cached_teacher(logits: torch.Tensor, with_rest: bool) -> TopKTargets:
-    """The teacher as the cache returns it: rounded top-k log-probs (and the stored rest)."""
-    codec = LogprobCodec()
+    """The teacher as the cache returns it (a record of the current format, written and read
+    back): rounded top-k log-probs, and the stored rest or none."""
     logp = logits.log_softmax(-1)
     top = logp.topk(K, dim=-1)
     raw = top.values.float().numpy()
-    rounded = torch.from_numpy(codec.decode(codec.encode(raw)))
-    rest = torch.from_numpy(codec.decode(codec.encode(rest_from_topk(raw)))) if with_rest else None
-    return TopKTargets(top.indices, rounded, rest)
+    meta = cache_meta(logits.shape[-1])
+    sample = CachedSample(top.indices[:, 0].numpy(), top.indices.numpy(), raw)
+    _, back = decode_record(encode_record("x", sample, meta), meta)
+    rest = torch.from_numpy(back.rest_logprobs) if with_rest else None
+    return TopKTargets(torch.from_numpy(back.topk_ids), torch.from_numpy(back.topk_logprobs), rest)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])

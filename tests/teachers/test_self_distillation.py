@@ -20,7 +20,8 @@ import torch
 
 from distill.config import Recipe, load_recipe
 from distill.losses import HiddenStates, TopKTargets
-from teachers.cache import LogprobCodec, open_cache
+from teachers.cache import open_cache
+from teachers.cache.coding import DEFAULT_CODEC
 from teachers.generate import Job
 from teachers.prompts import prompt_ids
 
@@ -32,11 +33,12 @@ TAILS = ["bucket", "renorm"]
 TEMPERATURES = [1.0, 2.0]
 KL_FLOOR = 2e-3  # nats/token: KL-type losses are second order in the rounding (measured ~1e-5)
 FIRST_ORDER = ("tvd", "uld")  # L1-type: first order, bounded by the rounding's half step
+HALF_STEP = DEFAULT_CODEC["logprob_step"] / 2  # the cache's (format version 3) top-k rounding
 
 
 def floor(divergence: str, temperature: float) -> float:
     if divergence in FIRST_ORDER:
-        return 2 * LogprobCodec().max_error * temperature**2
+        return 2 * HALF_STEP * temperature**2
     return KL_FLOOR
 
 
@@ -136,7 +138,7 @@ def test_self_distillation_is_about_zero_with_the_transformers_teacher(
     tmp_path, smollm2_dir, smollm2, tokenizer, helpers
 ):
     recipe, records, cache = fill_cache(tmp_path, smollm2_dir, helpers, endpoint=None)
-    assert cache.meta.token_map["mapped"] == [] and cache.meta.version == 2
+    assert cache.meta.token_map["mapped"] == [] and cache.meta.version == 3
     rows = student_rows(recipe, smollm2, tokenizer, cache, records)
     check(recipe, rows, smollm2, "transformers")
     # The guard can fail: without the stored rest (1 - sum of the rounded top-k instead), the
