@@ -172,6 +172,8 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--samples", type=int, default=64, help="samples of the bench workload")
+    parser.add_argument("--hf-samples", type=int, default=64,
+                        help="samples of each workload for the transformers run (evenly spaced)")
     parser.add_argument("--in-flight", type=int, default=16)
     parser.add_argument("--workload", choices=("both", "bench", "demo"), default="both")
     parser.add_argument("--no-cache-size", action="store_true",
@@ -225,21 +227,50 @@ def fresh(tmp: Path, name: str) -> Path:
     return tmp / name
 
 
+def best_threads(hf_backend, length: int = 53, repeats: int = 3) -> int:
+    """Set torch's threads for the transformers run to the faster of 1 and torch's default.
+
+    On a shared machine whose cores are busy, two OpenMP threads can be several times slower
+    than one (each waits for the other at every barrier); the baseline gets its better setting.
+    """
+    import torch
+
+    ids = torch.randint(0, 1000, (1, length))
+    timings = {}
+    for threads in sorted({1, torch.get_num_threads()}, reverse=True):
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            hf_backend.model(input_ids=ids)
+            began = time.perf_counter()
+            for _ in range(repeats):
+                hf_backend.model(input_ids=ids)
+        timings[threads] = time.perf_counter() - began
+    best = min(timings, key=timings.get)
+    torch.set_num_threads(best)
+    return best
+
+
 def compare(tmp: Path, name: str, model: Path, data: list[dict], k: int, in_flight: int,
-            endpoint: str, python: str, hf_backend) -> dict:
-    """The vLLM server job and the transformers job on the same samples, one after the other."""
+            endpoint: str, python: str, hf_backend, hf_samples: int) -> dict:
+    """The vLLM server job on ``data``, then the transformers job on an evenly spaced
+    ``hf_samples`` of it (rates in target tokens/s, so the two compare)."""
     load = os.getloadavg()[0]
     vllm = run_job(make_recipe(fresh(tmp, f"{name}-vllm"), model, data, k, in_flight, python),
                    endpoint)
-    hf = run_job(make_recipe(fresh(tmp, f"{name}-hf"), model, data, k, 1, python,
+    hf_data = data[:: max(1, len(data) // hf_samples)][:hf_samples]
+    threads = best_threads(hf_backend)
+    hf = run_job(make_recipe(fresh(tmp, f"{name}-hf"), model, hf_data, k, 1, python,
                              backend="transformers"), None, backend=hf_backend)
     vllm_rate, hf_rate = vllm.tokens / vllm.seconds, hf.tokens / hf.seconds
     print(f"{name}: vLLM {vllm.seconds:.1f} s ({vllm_rate:.1f} tokens/s), transformers "
-          f"{hf.seconds:.1f} s ({hf_rate:.1f} tokens/s): {vllm_rate / hf_rate:.2f}x",
+          f"{hf.seconds:.1f} s ({hf_rate:.1f} tokens/s, {threads} threads): "
+          f"{vllm_rate / hf_rate:.2f}x",
           file=sys.stderr)
     return {
         "samples": len(data), "target_tokens": vllm.tokens, "top_k": k, "in_flight": in_flight,
         "vllm_seconds": vllm.seconds, "vllm_tokens_per_s": vllm_rate,
+        "transformers_samples": len(hf_data), "transformers_target_tokens": hf.tokens,
+        "transformers_threads": threads,
         "transformers_seconds": hf.seconds, "transformers_tokens_per_s": hf_rate,
         "vllm_vs_transformers": vllm_rate / hf_rate,
         "load_average_before": load, "load_average_after": os.getloadavg()[0],
@@ -262,7 +293,8 @@ def measure(args, tmp: Path, model: Path, endpoint: str, python: str) -> dict:
     run_job(make_recipe(fresh(tmp, "warm-hf"), model, warm[:2], 8, 1, python,
                         backend="transformers"), None, backend=hf_backend)
     results: dict = {"workloads": {
-        name: compare(tmp, name, model, data, k, args.in_flight, endpoint, python, hf_backend)
+        name: compare(tmp, name, model, data, k, args.in_flight, endpoint, python, hf_backend,
+                      args.hf_samples)
         for name, (data, k) in workloads.items()
     }}
 

@@ -2,7 +2,8 @@
 
 Why token ids on the wire: the response must be exactly the student's target ids, and a text
 prompt would be re-tokenised by the server. Scoring sends prompt + response with
-``prompt_logprobs=k`` and ``max_tokens=1`` and keeps the response positions; generation sends
+``prompt_logprobs=k`` and ``max_tokens=1`` and keeps the response positions (reading the prefix
+cache for the prompt when the server was started by teachers/vllm_serve.py); generation sends
 ``logprobs=k`` with ``return_tokens_as_token_ids`` (tokens that decode to the same string stay
 apart) and ``return_token_ids``.
 
