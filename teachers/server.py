@@ -31,7 +31,6 @@ LAUNCHER = Path(__file__).resolve().with_name("vllm_serve.py")
 # chat template, so 128-token blocks would never be reused. Multiples of 32 are what the CPU
 # attention kernels prefer (vLLM warns otherwise).
 BLOCK_SIZE = 32
-SMALL_MACHINE_CPUS = 4  # at most this many cores: the CPU engine computes on all of them
 
 
 class ServerStartError(DistillFailure, RuntimeError):
@@ -161,10 +160,6 @@ class VLLMServer:
 
     def start(self) -> None:
         env = dict(os.environ if self.env is None else self.env)
-        if (os.cpu_count() or 1) <= SMALL_MACHINE_CPUS:
-            # vLLM's CPU engine keeps one core for its scheduler and computes on the others:
-            # on 2 cores that halves the teacher's arithmetic (docs/reference.md, vLLM).
-            env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         if Path(self.teacher.model).exists():
             env.setdefault("HF_HUB_OFFLINE", "1")  # a local model needs no hub
         key_env = self.teacher.api_key_env
