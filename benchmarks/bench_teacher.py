@@ -6,8 +6,9 @@ Measures, on one vLLM server (started here, or ``--endpoint``) and score mode, f
          7 target tokens, 46-token teacher prompt), top-8 as recipes/demo.yaml asks;
 then, per workload:
   1. generate-teacher (teachers.generate.Job) through the vLLM server backend, cache included;
-  2. generate-teacher with the transformers backend on the same model and samples (torch's
-     default threads, in this process);
+  2. generate-teacher with the transformers backend on the same model, in this process, on an
+     evenly spaced ``--hf-samples`` of the samples, with the faster of 1 thread and torch's
+     default (probed just before: on a busy machine 2 threads can be several times slower);
 and once, on the bench workload:
   3. a raw client: plain threads posting upstream /v1/completions score requests (http.client,
      keep-alive, no prefix-cache reading): what any client gets from a stock vLLM server;
@@ -179,7 +180,8 @@ def main() -> int:
     parser.add_argument("--no-cache-size", action="store_true",
                         help="skip the cache size and quantisation measurement")
     parser.add_argument("--endpoint", default=None,
-                        help="a running vLLM server with SmolLM2 (started with --max-logprobs 64)")
+                        help="a running vLLM server with SmolLM2 (started by serve-teacher, "
+                             "which reads the prefix cache, with --max-logprobs 64)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
 
