@@ -22,8 +22,9 @@ Start a vLLM server for the recipe's teacher and keep it running.
 
 vLLM runs in its own environment: teacher.server.python names that interpreter (build one with
 scripts/ensure-vllm-venv.sh, which prints its folder). The server is started as
-`python -m vllm.entrypoints.openai.api_server` with the recipe's model, dtype, max_model_len,
-tensor-parallel size and extra_args, and --max-logprobs large enough for teacher.top_k.
+vLLM's OpenAI server (through teachers/vllm_serve.py, which lets score requests read the prefix
+cache) with the recipe's model, dtype, max_model_len, tensor-parallel size and extra_args,
+--max-logprobs large enough for teacher.top_k, and prefix caching in 32-token blocks.
 When /health answers, the endpoint URL is printed on stdout: pass it to generate-teacher
 --endpoint (or list it in teacher.endpoints). Ctrl-C or SIGTERM stops the server cleanly."""
 

@@ -23,7 +23,14 @@ from pathlib import Path
 
 from distill.errors import DistillFailure
 
-ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+# vLLM's OpenAI server behind a small launcher that lets score requests read the prefix cache
+# (teachers/vllm_serve.py says why and how); it runs in the vLLM venv, so it goes by its path.
+LAUNCHER = Path(__file__).resolve().with_name("vllm_serve.py")
+# KV block size on the CPU build (its default is 128): the prefix cache reuses whole blocks
+# only, and the teacher prompt that a task's samples share is about 35 tokens for SmolLM2's
+# chat template, so 128-token blocks would never be reused. Multiples of 32 are what the CPU
+# attention kernels prefer (vLLM warns otherwise).
+BLOCK_SIZE = 32
 
 
 class ServerStartError(DistillFailure, RuntimeError):
@@ -79,10 +86,15 @@ def resolve_python(python: str) -> str:
 
 
 def server_command(teacher, host: str, port: int) -> list[str]:
-    """The vLLM command line for a TeacherConfig (``--max-logprobs`` covers top_k)."""
+    """The vLLM command line for a TeacherConfig (``--max-logprobs`` covers top_k).
+
+    Prefix caching is on with small blocks and the cached-token count in every answer's usage
+    (``--enable-prompt-tokens-details``), which the scorer checks; ``extra_args`` come last and
+    may set ``--block-size`` or ``--no-enable-prefix-caching`` instead.
+    """
     server = teacher.server
     command = [
-        resolve_python(server.python), "-m", ENTRYPOINT,
+        resolve_python(server.python), str(LAUNCHER),
         "--model", model_argument(teacher),
         "--host", host,
         "--port", str(port),
@@ -90,7 +102,11 @@ def server_command(teacher, host: str, port: int) -> list[str]:
         "--logprobs-mode", teacher.logprob_mode,
         "--dtype", server.dtype,
         "--tensor-parallel-size", str(server.tensor_parallel_size),
+        "--enable-prefix-caching",
+        "--enable-prompt-tokens-details",
     ]
+    if not any(arg.split("=")[0] == "--block-size" for arg in server.extra_args):
+        command += ["--block-size", str(BLOCK_SIZE)]
     if teacher.revision:
         command += ["--revision", teacher.revision]
     if teacher.tokenizer:

@@ -2,7 +2,8 @@
 
 Why token ids on the wire: the response must be exactly the student's target ids, and a text
 prompt would be re-tokenised by the server. Scoring sends prompt + response with
-``prompt_logprobs=k`` and ``max_tokens=1`` and keeps the response positions; generation sends
+``prompt_logprobs=k`` and ``max_tokens=1`` and keeps the response positions (reading the prefix
+cache for the prompt when the server was started by teachers/vllm_serve.py); generation sends
 ``logprobs=k`` with ``return_tokens_as_token_ids`` (tokens that decode to the same string stay
 apart) and ``return_token_ids``.
 
@@ -35,6 +36,11 @@ from teachers.backends.base import (
 from teachers.backends.http import AsyncHTTPClient, HTTPConnectionError, HTTPStatusError
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+# Asks a server started by teachers/vllm_serve.py to read the prefix cache for a score request
+# (upstream vLLM skips it with prompt logprobs; another server ignores the key). Rows of cached
+# positions are then zeros, so a result is kept only when the answer's cached-token count
+# stops before the last prompt token, whose hidden state predicts the first response token.
+READ_PREFIX_CACHE = {"read_prefix_cache": 1}
 
 
 class RequestRejected(DistillError, ValueError):
@@ -139,7 +145,10 @@ class VLLMServerBackend(TeacherBackend):
             raise ValueError("score mode needs response ids (the student's target)")
         ids = [*request.prompt_ids, *response]
         payload = {"prompt": ids, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": k}
-        answer = await self._post("/v1/completions", payload)
+        answer = await self._post("/v1/completions", {**payload, "vllm_xargs": READ_PREFIX_CACHE})
+        if cached_tokens(answer) > len(request.prompt_ids) - 1:
+            # The cache reached into the response: its first rows were never computed.
+            answer = await self._post("/v1/completions", payload)
         positions = answer["choices"][0].get("prompt_logprobs")
         if not positions or len(positions) != len(ids):
             got = len(positions) if positions else 0
@@ -253,6 +262,12 @@ class VLLMServerBackend(TeacherBackend):
 
     def _delay(self, attempt: int) -> float:
         return min(self.backoff_max, self.backoff_base * 2**attempt) * (0.5 + random.random() / 2)
+
+
+def cached_tokens(answer: dict) -> int:
+    """Prompt tokens the server took from its prefix cache (0 when it does not say)."""
+    details = (answer.get("usage") or {}).get("prompt_tokens_details") or {}
+    return int(details.get("cached_tokens") or 0)
 
 
 def _ranked_row(entries: dict | None, k: int) -> list[tuple[int, float]]:

@@ -24,9 +24,11 @@ from teachers.server import free_port
 class FakeVLLM(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, fail_first: int = 0, status: int = 503, chunked: bool = False):
+    def __init__(self, fail_first: int = 0, status: int = 503, chunked: bool = False,
+                 cached: int = 0):
         super().__init__(("127.0.0.1", 0), Handler)
         self.fail_first, self.status, self.chunked = fail_first, status, chunked
+        self.cached = cached  # prompt tokens a cache-reading score request finds cached
         self.calls: list[dict] = []
         self.headers_seen: list[dict] = []
         self.connections: set[int] = set()
@@ -63,7 +65,13 @@ class Handler(BaseHTTPRequestHandler):
                 | {str(tok): {"logprob": -20.0, "rank": 999}}
                 for t, tok in enumerate(body["prompt"][1:])
             ]
-            self._send(200, {"choices": [{"prompt_logprobs": rows, "text": ""}]})
+            # As teachers/vllm_serve.py answers: positions whose hidden state came from the
+            # prefix cache get a zeroed row (one entry, id 0), and usage says how many.
+            cached = server.cached if (body.get("vllm_xargs") or {}).get("read_prefix_cache") else 0
+            rows = [None] + [{"0": {"logprob": 0.0, "rank": 0}} if t < cached else row
+                             for t, row in enumerate(rows[1:])]
+            usage = {"prompt_tokens_details": {"cached_tokens": cached}}
+            self._send(200, {"choices": [{"prompt_logprobs": rows, "text": ""}], "usage": usage})
         else:
             k = body["logprobs"]
             tokens = [5, 6, 2]
@@ -117,6 +125,22 @@ async def score_all(b: VLLMServerBackend, count: int, k: int = 3):
         return [r async for r in b.run(requests, k)]
     finally:
         await b.aclose()
+
+
+@pytest.mark.parametrize("cached, posts", [(0, 1), (2, 1), (3, 2), (4, 2)])
+def test_score_reads_the_prefix_cache_only_up_to_the_last_prompt_token(fake, cached, posts):
+    """Prompt [1, 2, 3], response [7, 8]: the row for 7 comes from the hidden state at prompt
+    position 2, so a cache hit of up to 2 tokens keeps every response row; a longer one (a
+    sample scored before) is asked again without the cache, and the rows are the same."""
+    server = fake(cached=cached)
+    result = asyncio.run(score_all(backend([server.url]), 1))[0]
+    assert result.ok, result.error
+    np.testing.assert_array_equal(result.topk_ids, [[0, 1, 2], [0, 1, 2]])
+    np.testing.assert_allclose(result.topk_logprobs[0], [-0.02, -0.12, -0.22], atol=1e-6)
+    assert len(server.calls) == posts
+    assert server.calls[0]["vllm_xargs"] == {"read_prefix_cache": 1}
+    if posts == 2:
+        assert "vllm_xargs" not in server.calls[1]
 
 
 def test_endpoint_forms_are_normalised():

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -86,6 +87,35 @@ def test_vllm_score_top_k_equals_the_transformers_backend(vllm_server, hf_teache
         reference = asyncio.run(hf_teacher.score(request, K))
         assert result.topk_ids.shape == (len(request.response_ids), K)
         np.testing.assert_array_equal(result.response_ids, request.response_ids)
+        assert_same_topk(result.topk_ids, result.topk_logprobs, reference.topk_ids,
+                         reference.topk_logprobs)
+
+
+def prefix_cache_hits(endpoint: str) -> float:
+    """The server's ``vllm:prefix_cache_hits`` counter (tokens found in the prefix cache)."""
+    with urllib.request.urlopen(f"{endpoint}/metrics", timeout=10) as answer:
+        lines = answer.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines
+               if line.startswith("vllm:prefix_cache_hits_total"))
+
+
+def test_score_reads_the_prefix_cache_and_still_equals_the_transformers_backend(
+        vllm_server, hf_teacher, tokenizer, helpers):
+    """ASR samples share a teacher prompt of about 35 tokens, so the second one reads a 32-token
+    block from the prefix cache (rows there are zeroed, never used); the first sample scored
+    again finds its response cached too and is asked again without the cache."""
+    records = [r for r in helpers.sample_records(7) if r["task"] == "asr"]
+    requests = requests_for(tokenizer, records)
+    requests.append(requests[0])
+    before = prefix_cache_hits(vllm_server)
+
+    async def score_all(backend):
+        return [await backend.score(r, K) for r in requests]
+
+    served = on_server(vllm_server, score_all)
+    assert prefix_cache_hits(vllm_server) >= before + 32 * (len(requests) - 1)
+    for request, result in zip(requests, served, strict=True):
+        reference = asyncio.run(hf_teacher.score(request, K))
         assert_same_topk(result.topk_ids, result.topk_logprobs, reference.topk_ids,
                          reference.topk_logprobs)
 
