@@ -412,7 +412,8 @@ class Job:
                 raise ValueError(f"{len(result.response_ids)} scored rows for {len(target)} targets")
             ids, logprobs, rest = self._rows(result.topk_ids, result.topk_logprobs)
             spans = spans_in_text(self._pieces(target), text)
-            return CachedSample(target, ids, logprobs, None, text, rest, np.array(spans))
+            return CachedSample(np.array(target), ids, logprobs, None, text, rest,
+                                np.array(spans))
         if result.finish_reason == "length":
             raise ValueError(f"the teacher stopped at max_new_tokens ({self.teacher.max_new_tokens})")
         response = [int(i) for i in result.response_ids]
@@ -425,7 +426,8 @@ class Job:
             raise ValueError("the teacher's answer is empty")
         spans = spans_in_text(self._pieces(answer), text)
         ids, logprobs, rest = self._rows(result.topk_ids[start:], result.topk_logprobs[start:])
-        return CachedSample(answer, ids, logprobs, rationale, text, rest, np.array(spans))
+        return CachedSample(np.array(answer), ids, logprobs, rationale, text, rest,
+                            np.array(spans))
 
     def _bar(self, total: int):
         from tqdm import tqdm
