@@ -86,6 +86,8 @@ def _first_difference(a: list[int], b: list[int]) -> int:
 class TrainingSet(Dataset):
     """Map-style dataset over several manifests; ``dataset[(epoch, index)]`` -> Example|Skipped."""
 
+    cross: CrossTokenizer | None = None  # the join of a cache in the teacher's own tokens
+
     def __init__(self, recipe: Recipe, processor, *, split: str = "train", cache=None,
                  augment: bool | None = None, cross: CrossTokenizer | None = None):
         from distill.data.manifest import load_manifest
