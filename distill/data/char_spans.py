@@ -121,15 +121,25 @@ def char_spans(pieces: Sequence[bytes | None]) -> tuple[str, list[Span]]:
     return text, spans
 
 
-def spans_in_text(pieces: Sequence[bytes | None], text: str) -> list[Span]:
+def spans_in_text(pieces: Sequence[bytes | None], text: str, *, prefix: bool = False
+                  ) -> list[Span]:
     """Character spans of the tokens within ``text``.
 
     The tokens may spell ``text`` with extra whitespace around it (SentencePiece's leading
     space, an answer that was stripped); spans are shifted and clipped to ``text``.
+    ``prefix``: the tokens may spell only the start of ``text`` (a target cut at a maximum
+    length).
     """
     decoded, spans = char_spans(pieces)
     start = decoded.find(text) if text else 0
-    if start < 0 or decoded[:start].strip() or decoded[start + len(text):].strip():
+    if prefix and start < 0:
+        start = len(decoded) - len(decoded.lstrip())
+        if not text.startswith(decoded[start:].rstrip()):
+            start = -1
+        text = text[: len(decoded) - start]
+    elif start >= 0 and decoded[start + len(text):].strip():
+        start = -1
+    if start < 0 or decoded[:start].strip():
         raise SpanError(f"the tokens spell {decoded[:60]!r}, not the text {text[:60]!r}")
     length = len(text)
     return [(min(max(a - start, 0), length), min(max(b - start, 0), length)) for a, b in spans]

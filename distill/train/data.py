@@ -197,7 +197,8 @@ class TrainingSet(Dataset):
         example.target_ids = target
         cross = self.cross
         try:
-            spans = spans_in_text([cross.student_pieces[i] for i in target], text)
+            spans = spans_in_text([cross.student_pieces[i] for i in target], text,
+                                  prefix=True)  # the target may be cut at max_text_length
         except SpanError:  # the student cannot spell the text (normalisation): CE only
             spans = None
         if spans is not None:

@@ -97,6 +97,15 @@ def test_leftover_tokens_form_a_last_group_without_partner():
     assert groups(align_spans([(0, 3)], [(0, 3), (3, 3)])) == [([0], [0]), ([], [1])]
 
 
+def test_a_target_cut_at_a_maximum_length_spells_the_start_of_the_text():
+    pieces = [b"Hello", b" wor"]
+    assert spans_in_text(pieces, "Hello world", prefix=True) == [(0, 5), (5, 9)]
+    with pytest.raises(SpanError):
+        spans_in_text(pieces, "Hello world")
+    with pytest.raises(SpanError):
+        spans_in_text([b"Help"], "Hello world", prefix=True)
+
+
 def test_tokens_that_do_not_spell_the_text_are_refused():
     with pytest.raises(SpanError, match="not the text"):
         spans_in_text([b"Hello"], "Help")
