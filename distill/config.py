@@ -107,6 +107,11 @@ class LossConfig(Strict):
     scale_by_temperature_squared: bool = True
     tail: Literal["renorm", "bucket"] = "bucket"
     chunk_size: PositiveInt = DEFAULT_CHUNK_SIZE
+    # A teacher whose vocabulary differs from the student's (distill.data.cross_rows): "auto"
+    # maps rows where one teacher token and one student token cover the same characters and
+    # uses ULD for the others; "map" the mapped rows only; "uld" ULD on every aligned row;
+    # "off" refuses such a teacher.
+    cross_tokenizer: Literal["auto", "map", "uld", "off"] = "auto"
 
     @field_validator("divergence")
     @classmethod
@@ -229,14 +234,19 @@ class Recipe(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, data: Any) -> Any:
+        teacher = data.get("teacher") if isinstance(data, dict) else None
+        if isinstance(teacher, dict) and "allow_tokenizer_mismatch" in teacher:
+            raise ValueError(
+                "teacher.allow_tokenizer_mismatch was replaced by loss.cross_tokenizer "
+                "(auto, map, uld or off): remove it"
+            )
+        return data
+
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
-        if self.teacher.allow_tokenizer_mismatch:
-            raise ValueError(
-                "teacher.allow_tokenizer_mismatch is not supported yet: generate-teacher and "
-                "train-student align teacher and student by token id. (distill.losses.ULD works "
-                "across tokenizers from your own loop, once you align the positions.)"
-            )
         if self.data.audio.sample_rate != ENCODER_SAMPLE_RATE:
             raise ValueError(
                 f"data.audio.sample_rate: the student's encoders (Whisper, BEATs) take "

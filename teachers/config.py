@@ -83,4 +83,3 @@ class TeacherConfig(Strict):
     max_in_flight: PositiveInt = 32  # requests in flight per endpoint
     request_timeout_s: PositiveFloat = 300
     max_retries: NonNegInt = 5
-    allow_tokenizer_mismatch: bool = False

@@ -3,10 +3,12 @@
 Why: the cache stores the teacher's top-k *ids*, and the student reads them as its own ids. Two
 tokenizers can look alike and still disagree (R1-Distill-Llama renames Llama-3's reserved
 special tokens and has its own chat template). We compare what crosses between them: the map of
-ordinary (non-added) tokens to ids (``Relation``: same vocabulary, or same ordinary vocabulary
-with different specials). Chat templates and special tokens may differ: each side builds its own
-prompt, and token_map.py maps the teacher's end tokens onto the student's and folds specials
-only the teacher has into the tail.
+ordinary (non-added) tokens to ids (``Relation``: same vocabulary, same ordinary vocabulary
+with different specials, or different vocabularies). Chat templates and special tokens may
+differ: each side builds its own prompt, and token_map.py maps the teacher's end tokens onto the
+student's and folds specials only the teacher has into the tail. Different vocabularies take the
+cross-tokenizer path (the recipe's ``loss.cross_tokenizer``): the cache keeps the teacher's own
+tokens and the trainer aligns them with the student's by characters (distill.data.cross_rows).
 """
 
 from __future__ import annotations
@@ -83,48 +85,66 @@ class Relation(StrEnum):
 
     SAME = "same vocabulary"  # every id means the same token: rows are copied as they are
     SAME_ORDINARY = "same ordinary vocabulary, different special tokens"  # token_map.py
-    # A third case, DIFFERENT ("different vocabularies": cross-tokenizer distillation), belongs
-    # here with its own branch in ``check_compatible``; until then it is refused there.
+    DIFFERENT = "different vocabularies"  # cross-tokenizer: the cache keeps the teacher's tokens
+
+
+PATHS = {
+    Relation.SAME: "teacher ids cross as they are",
+    Relation.SAME_ORDINARY: "teacher ids cross through the token map (ends mapped, one-sided "
+                            "specials folded)",
+    Relation.DIFFERENT: "cross-tokenizer: the cache keeps the teacher's own tokens and the "
+                        "trainer aligns them with the student's by characters",
+}
 
 
 @dataclass(frozen=True)
 class Compatibility:
     relation: Relation
     notes: list[str] = field(default_factory=list)
+    cross_tokenizer: str = "off"  # the recipe's loss.cross_tokenizer, for DIFFERENT
+
+    @property
+    def choice(self) -> str:
+        """One line: the relation found and the path chosen."""
+        path = PATHS[self.relation]
+        if self.relation is Relation.DIFFERENT:
+            path += f" (loss.cross_tokenizer: {self.cross_tokenizer})"
+        return f"teacher and student tokenizers: {self.relation.value}: {path}"
 
 
-def relation(teacher_fp: TokenizerFingerprint, student_fp: TokenizerFingerprint) -> Relation | None:
-    """SAME, SAME_ORDINARY, or None when the ordinary vocabularies differ."""
+def relation(teacher_fp: TokenizerFingerprint, student_fp: TokenizerFingerprint) -> Relation:
+    """SAME, SAME_ORDINARY, or DIFFERENT (the ordinary vocabularies differ)."""
     if teacher_fp.vocab_sha != student_fp.vocab_sha:
-        return None
+        return Relation.DIFFERENT
     same_specials = (teacher_fp.added_sha == student_fp.added_sha
                      and teacher_fp.vocab_size == student_fp.vocab_size)
     return Relation.SAME if same_specials else Relation.SAME_ORDINARY
 
 
-def check_compatible(teacher: Any, student: Any, allow_mismatch: bool = False) -> Compatibility:
-    """Refuse (TokenizerMismatch) when cached teacher ids would mean other tokens to the student.
+def check_compatible(teacher: Any, student: Any, cross_tokenizer: str = "off") -> Compatibility:
+    """Which relation the tokenizers have and which path follows (``Compatibility.choice``).
 
     SAME: nothing to do. SAME_ORDINARY: the specials differ; the caller maps or folds them
-    (token_map.plan) and the notes say so. Different ordinary vocabularies are refused (or,
-    with ``allow_mismatch``, reported in the notes).
+    (token_map.plan) and the notes say so. DIFFERENT: the cross-tokenizer path when
+    ``cross_tokenizer`` (the recipe's loss.cross_tokenizer) is auto, map or uld; refused
+    (TokenizerMismatch) when it is off. A student without an EOS token is always refused.
     """
     teacher_fp, student_fp = fingerprint(teacher), fingerprint(student)
     names = f"teacher tokenizer {teacher_fp.name!r} and student tokenizer {student_fp.name!r}"
     found = relation(teacher_fp, student_fp)
     problems, notes = [], []
-    if found is None:
+    if found is Relation.DIFFERENT and cross_tokenizer == "off":
         problems.append(_vocab_difference(teacher, student))
     end = student_fp.special.get("eos")
     if end is None:
         problems.append(f"student tokenizer {student_fp.name!r} has no EOS token to end targets")
-    if problems and not allow_mismatch:
+    if problems:
         raise TokenizerMismatch(
             f"{names} disagree on token ids:\n  - "
             + "\n  - ".join(problems)
             + "\nThe cache stores token ids, so the student would learn the wrong tokens. Use a "
-            "teacher that shares the student's tokenizer (cross-tokenizer distillation through "
-            "the pipeline, i.e. teacher.allow_tokenizer_mismatch, is not supported yet)."
+            "teacher that shares the student's tokenizer, or set loss.cross_tokenizer to auto, "
+            "map or uld (the cache then keeps the teacher's own tokens, aligned by characters)."
         )
     if found is Relation.SAME_ORDINARY:
         notes.append(f"{names}: {found.value} (ends mapped, one-sided specials folded)")
@@ -134,7 +154,7 @@ def check_compatible(teacher: Any, student: Any, allow_mismatch: bool = False) -
                 f"the teacher ends its turns with {teacher_end[0]!r} (id {teacher_end[1]}), "
                 f"the student's targets end with {end[0]!r} (id {end[1]}): mapped"
             )
-    return Compatibility(found or Relation.SAME_ORDINARY, problems + notes)
+    return Compatibility(found, notes, cross_tokenizer)
 
 
 def _vocab_difference(teacher: Any, student: Any) -> str:

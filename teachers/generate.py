@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from distill.data.char_spans import SpanError, char_spans, spans_in_text, vocab_pieces
 from distill.data.tokenizers import load_tokenizer
 from distill.errors import DistillError
 from teachers.backends.base import (
@@ -160,7 +163,9 @@ def build_token_map(teacher, teacher_tok, student_tok, relation: Relation, vocab
 
 
 def build_meta(recipe, teacher_tok, student_tok, vocab_size: int,
-               token_map: TokenMap | None = None) -> CacheMeta:
+               token_map: TokenMap | None = None, teacher_tokens: bool = False) -> CacheMeta:
+    """``teacher_tokens``: a cross-tokenizer cache (rows in the teacher's own tokens, which
+    also tokenised the score-mode targets, so its fingerprint is the target tokenizer's)."""
     teacher = recipe.teacher
     modes = {teacher.mode, *teacher.task_modes.values()}
     generate = "generate" in modes
@@ -169,7 +174,8 @@ def build_meta(recipe, teacher_tok, student_tok, vocab_size: int,
         teacher=teacher.model if not teacher.gguf_file else f"{teacher.model}/{teacher.gguf_file}",
         teacher_revision=teacher.revision,
         tokenizer_fingerprint=fingerprint(teacher_tok).digest,
-        target_tokenizer_fingerprint=fingerprint(student_tok).digest,
+        target_tokenizer_fingerprint=fingerprint(teacher_tok if teacher_tokens
+                                                 else student_tok).digest,
         mode=teacher.mode,
         k=teacher.top_k,
         logprob_mode=teacher.logprob_mode,
@@ -182,6 +188,7 @@ def build_meta(recipe, teacher_tok, student_tok, vocab_size: int,
         rationale_as_target=bool(teacher.rationale_as_target) if generate else False,
         token_map=token_map.meta() if token_map is not None else {},
         task_modes=dict(sorted(teacher.task_modes.items())),
+        teacher_tokens=teacher_tokens,
     )
 
 
@@ -227,15 +234,20 @@ class Job:
         self.teacher_tok = teacher_tokenizer(self.teacher)
         self.student_tok = student_tokenizer(self.recipe)
         compatibility = check_compatible(
-            self.teacher_tok, self.student_tok, self.teacher.allow_tokenizer_mismatch
+            self.teacher_tok, self.student_tok, self.recipe.loss.cross_tokenizer
         )
-        self.summary.notes += compatibility.notes
+        self.summary.notes += [compatibility.choice, *compatibility.notes]
         vocab = teacher_vocab_size(self.teacher, self.teacher_tok)
-        self.token_map = build_token_map(self.teacher, self.teacher_tok, self.student_tok,
-                                         compatibility.relation, vocab)
-        self.summary.notes += self.token_map.describe()
+        # Different vocabularies: the teacher's own tokens, with the bytes each one spells.
+        self.cross = compatibility.relation is Relation.DIFFERENT
+        self.teacher_pieces = vocab_pieces(self.teacher_tok) if self.cross else None
+        self.token_map = None
+        if not self.cross:
+            self.token_map = build_token_map(self.teacher, self.teacher_tok, self.student_tok,
+                                             compatibility.relation, vocab)
+            self.summary.notes += self.token_map.describe()
         self.meta = build_meta(self.recipe, self.teacher_tok, self.student_tok, vocab,
-                               self.token_map)
+                               self.token_map, teacher_tokens=self.cross)
         self.records = records
         return self._still_to_do(records)
 
@@ -322,7 +334,9 @@ class Job:
                 if not record.get("text"):
                     self.summary.failures[sample_id] = "no target text to score"
                     continue
-                response = self._teacher_side(self.encode_target(self.student_tok, record["text"]))
+                response = (self.encode_target(self.teacher_tok, record["text"]) if self.cross
+                            else self._teacher_side(self.encode_target(self.student_tok,
+                                                                       record["text"])))
             # A score request asks for max_tokens=1, which vLLM counts against max_model_len too.
             length = len(prompt) + (len(response) + 1 if response else self.teacher.max_new_tokens)
             if max_len and length > max_len:
@@ -341,7 +355,13 @@ class Job:
     def _rows(self, ids, logprobs) -> tuple:
         """Teacher rows -> (ids, logprobs, rest) in student ids; rest from the unrounded values."""
         rest = rest_from_topk(logprobs)
+        if self.token_map is None:  # cross-tokenizer: the teacher's own ids
+            return np.asarray(ids), np.asarray(logprobs, dtype=np.float32), rest
         return self.token_map.apply_rows(ids, logprobs, rest, self.meta.logprob_floor)
+
+    def _pieces(self, ids) -> list[bytes | None]:
+        pieces = self.teacher_pieces
+        return [pieces[i] if 0 <= i < len(pieces) else None for i in map(int, ids)]
 
     def _store(self, writer: CacheWriter, result: TeacherResult, record: dict) -> None:
         if not result.ok:
@@ -350,13 +370,15 @@ class Job:
         try:
             sample = self._sample(result, record)
             writer.add(result.sample_id, sample)
-        except (ValueError, TokenMapError) as err:
+        except (ValueError, TokenMapError, SpanError) as err:
             self.summary.failures[result.sample_id] = str(err)
             return
         self.summary.written += 1
         self.summary.tokens += len(sample.response_ids)
 
     def _sample(self, result: TeacherResult, record: dict) -> CachedSample:
+        if self.cross:
+            return self._cross_sample(result, record)
         if self.meta.mode_for(record["task"]) == "score":
             target = self.encode_target(self.student_tok, record["text"])
             if len(target) != len(result.response_ids):
@@ -378,6 +400,34 @@ class Job:
         response = self.token_map.map_response(result.response_ids[start:])
         ids, logprobs, rest = self._rows(result.topk_ids[start:], result.topk_logprobs[start:])
         return CachedSample(response, ids, logprobs, rationale, text, rest)
+
+    def _cross_sample(self, result: TeacherResult, record: dict) -> CachedSample:
+        """The teacher's own tokens of the response, with the character span of each in the
+        stored text (score: the reference; generate: the teacher's answer, which the student
+        re-tokenises when it trains)."""
+        if self.meta.mode_for(record["task"]) == "score":
+            text = record["text"]
+            target = self.encode_target(self.teacher_tok, text)
+            if len(target) != len(result.response_ids):
+                raise ValueError(f"{len(result.response_ids)} scored rows for {len(target)} targets")
+            ids, logprobs, rest = self._rows(result.topk_ids, result.topk_logprobs)
+            spans = spans_in_text(self._pieces(target), text)
+            return CachedSample(np.array(target), ids, logprobs, None, text, rest,
+                                np.array(spans))
+        if result.finish_reason == "length":
+            raise ValueError(f"the teacher stopped at max_new_tokens ({self.teacher.max_new_tokens})")
+        response = [int(i) for i in result.response_ids]
+        start, rationale = split_rationale(self.teacher_tok, response)
+        if self.teacher.rationale_as_target:
+            start = 0
+        answer = response[start:]
+        text = char_spans(self._pieces(answer))[0].strip() if answer else ""
+        if not text:
+            raise ValueError("the teacher's answer is empty")
+        spans = spans_in_text(self._pieces(answer), text)
+        ids, logprobs, rest = self._rows(result.topk_ids[start:], result.topk_logprobs[start:])
+        return CachedSample(np.array(answer), ids, logprobs, rationale, text, rest,
+                            np.array(spans))
 
     def _bar(self, total: int):
         from tqdm import tqdm

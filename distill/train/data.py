@@ -15,6 +15,7 @@ targets is an error, or CE-only when the recipe allows it (counted).
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,14 @@ class Example:
     teacher_logprobs: np.ndarray | None = None
     teacher_rest: np.ndarray | None = None  # [T] log mass outside the top-k (None: old cache)
     ce: bool = True  # CE on these target rows (False: a generate-mode answer with CE elsewhere)
+    # Cross-tokenizer caches (distill.data.cross_rows): teacher_ids/logprobs/rest hold only the
+    # rows marked in ``teacher_rows`` (None: every row); ``uld_*`` the teacher's own rows for
+    # the rows marked in ``uld_rows``, compared by ULD.
+    teacher_rows: np.ndarray | None = None  # bool [T]
+    uld_rows: np.ndarray | None = None  # bool [T]
+    uld_ids: np.ndarray | None = None  # [uld rows, k], teacher ids
+    uld_logprobs: np.ndarray | None = None
+    uld_rest: np.ndarray | None = None
 
 
 @dataclass
@@ -84,8 +93,10 @@ def _first_difference(a: list[int], b: list[int]) -> int:
 class TrainingSet(Dataset):
     """Map-style dataset over several manifests; ``dataset[(epoch, index)]`` -> Example|Skipped."""
 
+    cross: CrossTokenizer | None = None  # the join of a cache in the teacher's own tokens
+
     def __init__(self, recipe: Recipe, processor, *, split: str = "train", cache=None,
-                 augment: bool | None = None):
+                 augment: bool | None = None, cross: CrossTokenizer | None = None):
         from distill.data.manifest import load_manifest
 
         specs = recipe.data.train if split == "train" else recipe.data.valid
@@ -108,6 +119,10 @@ class TrainingSet(Dataset):
         self.augmenter = Augmenter.from_config(recipe.data.augment) if use_augment else None
         self.meta = cache.meta if cache is not None else None
         self.ce_target = recipe.teacher.generate_ce_target
+        self.cross = cross
+        if self.meta is not None and self.meta.teacher_tokens and cross is None:
+            raise TrainingDataError(f"{cache.directory}: its rows are in the teacher's own "
+                                    "tokens; the data join needs the cross-tokenizer map")
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -148,6 +163,8 @@ class TrainingSet(Dataset):
                 "(run `distill generate-teacher`, or set data.missing_targets: ce_only)"
             )
         cached = self.cache.get(record["id"])
+        if self.cross is not None:
+            return self._with_cross_targets(record, example, cached, expected)
         response = encode(None, [cached.response_ids.tolist()])[0]
         score = self.meta.mode_for(record["task"]) == "score"
         if score and response != expected:
@@ -167,6 +184,53 @@ class TrainingSet(Dataset):
         example.ce = self.ce_target == "both"
         reference = Example(example.sample_id, example.waveform, example.instruction, expected)
         return [example, reference]
+
+
+    def _with_cross_targets(self, record: dict, example: Example, cached,
+                            expected: list[int]) -> Example | list[Example]:
+        """A cache in the teacher's tokens: the student's tokens of the same text, aligned by
+        character spans (distill.data.cross_rows). Score mode: the text is the reference; generate
+        mode: the teacher's answer, re-tokenised by the student."""
+        from distill.data.char_spans import SpanError, spans_in_text
+        from distill.data.cross_rows import cross_rows
+
+        score = self.meta.mode_for(record["task"]) == "score"
+        text = record["text"] if score else cached.text
+        if score and cached.text != record["text"]:
+            raise TrainingDataError(
+                f"sample {record['id']!r}: the cache scored another text than the manifest's "
+                "(the manifest changed since generate-teacher): regenerate the cache")
+        target = expected if score else self.processor.encode_targets([text], None)[0]
+        example.target_ids = target
+        cross = self.cross
+        try:
+            spans = spans_in_text([cross.student_pieces[i] for i in target], text,
+                                  prefix=True)  # the target may be cut at max_text_length
+        except SpanError:  # the student cannot spell the text (normalisation): CE only
+            spans = None
+        if spans is not None:
+            rows = cross_rows(spans, cached.spans.tolist(), target, cached.response_ids,
+                              cached.topk_ids, cached.topk_logprobs, cached.rest_logprobs,
+                              cross.vocab_map, mode=cross.mode, floor=self.meta.logprob_floor)
+            example.teacher_rows, example.teacher_ids = rows.mapped, rows.ids
+            example.teacher_logprobs, example.teacher_rest = rows.logprobs, rows.rest
+            example.uld_rows, example.uld_ids = rows.uld, rows.uld_ids
+            example.uld_logprobs, example.uld_rest = rows.uld_logprobs, rows.uld_rest
+        if score or self.ce_target == "teacher_answer":
+            return example
+        example.ce = self.ce_target == "both"
+        reference = Example(example.sample_id, example.waveform, example.instruction, expected)
+        return [example, reference]
+
+
+@dataclass
+class CrossTokenizer:
+    """What the data join needs for a cache in the teacher's own tokens (picklable: it goes to
+    the DataLoader workers): the mode, the exact string map, the student's token bytes."""
+
+    mode: str  # auto | map | uld (distill.data.cross_rows)
+    vocab_map: object  # distill.data.vocab_map.VocabMap
+    student_pieces: list
 
 
 class EpochSampler(Sampler):
@@ -210,6 +274,11 @@ class Batch:
     num_with_teacher: int  # examples that had cached targets
     skipped: list[Skipped]
     num_read: int  # keys consumed from the sampler (skipped ones included)
+    # Cross-tokenizer rows compared by ULD (teacher ids); None when no example has any.
+    has_uld: torch.Tensor | None = None  # [total target tokens] bool
+    uld_ids: torch.Tensor | None = None  # [uld rows, k]
+    uld_logprobs: torch.Tensor | None = None
+    uld_rest: torch.Tensor | None = None
 
 
 class Collator:
@@ -225,9 +294,8 @@ class Collator:
             return Batch({}, [], None, None, None, empty, empty, 0, 0, skipped, len(items))
         inputs = self.processor([e.waveform for e in examples], [e.instruction for e in examples],
                                 target_ids=[e.target_ids for e in examples])
-        has_teacher = torch.cat([
-            torch.full((len(e.target_ids),), e.teacher_ids is not None) for e in examples
-        ])
+        has_teacher = torch.cat([_rows(e, e.teacher_ids is not None, e.teacher_rows)
+                                 for e in examples])
         has_ce = torch.cat([torch.full((len(e.target_ids),), e.ce) for e in examples])
         with_teacher = [e for e in examples if e.teacher_ids is not None]
         ids = logprobs = rest = None
@@ -236,12 +304,29 @@ class Collator:
             logprobs = torch.from_numpy(np.concatenate([e.teacher_logprobs for e in with_teacher]))
             if all(e.teacher_rest is not None for e in with_teacher):  # one cache: all or none
                 rest = torch.from_numpy(np.concatenate([e.teacher_rest for e in with_teacher]))
-        return Batch(inputs, [e.sample_id for e in examples], ids, logprobs, rest, has_teacher,
-                     has_ce, int(has_teacher.numel()), len(with_teacher), skipped, len(items))
+        batch = Batch(inputs, [e.sample_id for e in examples], ids, logprobs, rest, has_teacher,
+                      has_ce, int(has_teacher.numel()), len(with_teacher), skipped, len(items))
+        with_uld = [e for e in examples if e.uld_rows is not None]
+        if with_uld:
+            batch.has_uld = torch.cat([_rows(e, False, e.uld_rows) for e in examples])
+            batch.uld_ids = torch.from_numpy(np.concatenate([e.uld_ids for e in with_uld]))
+            batch.uld_logprobs = torch.from_numpy(np.concatenate([e.uld_logprobs for e in with_uld]))
+            batch.uld_rest = torch.from_numpy(np.concatenate([e.uld_rest for e in with_uld]))
+        return batch
+
+
+def _rows(example: Example, every: bool, marked: np.ndarray | None) -> torch.Tensor:
+    """bool [T]: the rows ``marked``, else all (``every``) or none."""
+    if marked is not None:
+        return torch.from_numpy(np.asarray(marked, dtype=bool))
+    return torch.full((len(example.target_ids),), every)
 
 
 def open_teacher_cache(recipe: Recipe, tokenizer):
-    """The recipe's soft-target cache, checked against the student's tokenizer (or None)."""
+    """The recipe's soft-target cache, checked against the student's tokenizer (or None).
+
+    A cache in the teacher's own tokens (meta ``teacher_tokens``) is checked against the
+    teacher's tokenizer instead: the student re-tokenises its texts (``cross_tokenizer``)."""
     if recipe.data.soft_targets is None:
         return None
     from teachers.cache import open_cache
@@ -254,10 +339,50 @@ def open_teacher_cache(recipe: Recipe, tokenizer):
             "first, or remove data.soft_targets to train with CE only)"
         )
     cache = open_cache(directory)
+    if cache.meta.teacher_tokens:
+        if recipe.loss.cross_tokenizer == "off":
+            raise TrainingDataError(
+                f"{directory}: its rows are in the teacher's own tokens (a teacher with another "
+                "tokenizer), and loss.cross_tokenizer is off: set it to auto, map or uld")
+        return cache
     ours = fingerprint(tokenizer).digest
-    if cache.meta.target_tokenizer_fingerprint != ours and not recipe.teacher.allow_tokenizer_mismatch:
+    if cache.meta.target_tokenizer_fingerprint != ours:
         raise TrainingDataError(
             f"{directory}: its targets were tokenised by another tokenizer (fingerprint "
             f"{cache.meta.target_tokenizer_fingerprint[:12]}, the student's is {ours[:12]})"
         )
     return cache
+
+
+def cross_tokenizer(recipe: Recipe, cache, student_tokenizer, log=None) -> CrossTokenizer | None:
+    """The cross-tokenizer join for a teacher-token cache (None for a cache in student ids).
+
+    Loads the teacher's tokenizer (the recipe's ``teacher``), checks it is the one that made the
+    cache, and builds the exact string map; says which relation and which path it chose.
+    """
+    if cache is None or not cache.meta.teacher_tokens:
+        return None
+    from distill.data.char_spans import SpanError, vocab_pieces
+    from distill.data.vocab_map import exact_string_map
+    from teachers.fingerprint import fingerprint, relation
+    from teachers.generate import teacher_tokenizer
+
+    teacher_tok = teacher_tokenizer(recipe.teacher)
+    digest = fingerprint(teacher_tok).digest
+    if digest != cache.meta.tokenizer_fingerprint:
+        raise TrainingDataError(
+            f"{cache.directory}: made with a teacher tokenizer of fingerprint "
+            f"{cache.meta.tokenizer_fingerprint[:12]}, the recipe's teacher "
+            f"{recipe.teacher.model!r} has {digest[:12]}")
+    try:
+        vocab_map = exact_string_map(teacher_tok, student_tokenizer)
+        pieces = vocab_pieces(student_tokenizer)
+    except SpanError as err:
+        raise TrainingDataError(f"{cache.directory}: {err}") from None
+    found = relation(fingerprint(teacher_tok), fingerprint(student_tokenizer))
+    mode = recipe.loss.cross_tokenizer
+    print(f"teacher and student tokenizers: {found.value}; "
+          f"cache in the teacher's tokens: cross-tokenizer path {mode!r} "
+          f"({vocab_map.mapped} of {len(vocab_map.lookup)} teacher ids map exactly)",
+          file=log or sys.stderr)
+    return CrossTokenizer(mode, vocab_map, pieces)

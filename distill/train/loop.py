@@ -40,6 +40,7 @@ from distill.train.data import (
     DataStats,
     EpochSampler,
     TrainingSet,
+    cross_tokenizer,
     open_teacher_cache,
 )
 from distill.train.optim import build_optimizer
@@ -81,6 +82,14 @@ def _process_group_kwargs(deepspeed_in_recipe: bool) -> list:
     from deepspeed.accelerator import get_accelerator
 
     return [InitProcessGroupKwargs(backend=get_accelerator().communication_backend_name())]
+
+
+def build_uld_fallback(recipe: Recipe):
+    """ULD for cross-tokenizer rows without a one-to-one token (distill.data.cross_rows), at the
+    recipe's temperature and tail; weighted like the KD term."""
+    cfg = recipe.loss
+    return build_loss("uld", temperature=cfg.temperature, tail=cfg.tail,
+                      chunk_size=cfg.chunk_size, scale_by_t_squared=cfg.scale_by_temperature_squared)
 
 
 @dataclass
@@ -129,9 +138,12 @@ class Trainer:
             self.student.load_trainable(check_checkpoint(cfg.init_from))
         self.processor = self.student.processor
         self.cache = open_teacher_cache(recipe, self.student.tokenizer)
-        self.train_set = TrainingSet(recipe, self.processor, split="train", cache=self.cache)
+        self.cross_tokenizer = cross_tokenizer(recipe, self.cache, self.student.tokenizer)
+        self.train_set = TrainingSet(recipe, self.processor, split="train", cache=self.cache,
+                                     cross=self.cross_tokenizer)
         self.valid_set = (TrainingSet(recipe, self.processor, split="valid", cache=self.cache,
-                                      augment=False) if recipe.data.valid else None)
+                                      augment=False, cross=self.cross_tokenizer)
+                          if recipe.data.valid else None)
         self.order = self.train_set.sampler(cfg.seed)
         world = self.accelerator.num_processes
         per_step = cfg.batch_size * cfg.grad_accumulation * world
@@ -141,6 +153,7 @@ class Trainer:
         self.clipper = build_clipper(cfg.clip)
         self.cap_watch = CapWatch(getattr(self.clipper, "max_norm", None), cfg.clip.mode)
         self.loss = build_mixed_loss(recipe)
+        self.uld_loss = build_uld_fallback(recipe)
         self.ce_only_loss = CrossEntropy(chunk_size=recipe.loss.chunk_size)
         self.student, self.optimizer = self.accelerator.prepare(self.student, self.optimizer)
         self.checkpoints = CheckpointManager(self.output_dir, cfg.checkpoint.keep_last)
@@ -250,6 +263,15 @@ class Trainer:
                     total = total + w * value
                     parts[name] = float(value)
             extra = {}
+        if batch.has_uld is not None and batch.has_uld.any():  # cross-tokenizer, no 1:1 token
+            has_uld = batch.has_uld.to(labels.device)
+            uld_targets = TopKTargets(batch.uld_ids.to(labels.device),
+                                      batch.uld_logprobs.to(labels.device),
+                                      batch.uld_rest.to(labels.device))
+            uld = self.uld_loss(HiddenStates(hidden[has_uld], weight, bias), uld_targets,
+                                labels[has_uld], num_items=num_items["kd"])
+            total = total + resolve(self.loss.kd_weight, self.progress.step) * uld
+            parts["kd_uld"] = float(uld)
         ce_only = ~has_teacher & has_ce
         if ce_only.any():
             ce = self.ce_only_loss(HiddenStates(hidden[ce_only], weight, bias),
@@ -264,12 +286,15 @@ class Trainer:
     # ---------------------------------------------------------------------------- step
     def _optimizer_step(self, batches: list[Batch]) -> dict:
         acc = self.accelerator
+        uld_rows = sum(int(b.has_uld.sum()) for b in batches if b.has_uld is not None)
         counts = torch.tensor([float(sum(b.num_target_tokens for b in batches)),
                                float(sum(int(b.has_ce.sum()) for b in batches)),
-                               float(sum(int(b.has_teacher.sum()) for b in batches))],
+                               float(sum(int(b.has_teacher.sum()) for b in batches)),
+                               float(uld_rows)],
                               device=acc.device)
-        global_tokens, global_ce, global_teacher = (
+        global_tokens, global_ce, global_mapped, global_uld = (
             float(c) for c in acc.reduce(counts, reduction="sum"))
+        global_teacher = global_mapped + global_uld  # KD's count: every row with a teacher
         # Each process divides by the global counts; DDP averages over processes, so scale back.
         num_items = {"ce": max(global_ce, 1.0) / acc.num_processes,
                      "kd": max(global_teacher, 1.0) / acc.num_processes}
@@ -304,6 +329,10 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.cross_tokenizer:  # which path each target row took (distill.data.cross_rows)
+            log.update(rows_map=global_mapped / max(global_tokens, 1.0),
+                       rows_uld=global_uld / max(global_tokens, 1.0),
+                       rows_ce_only=1.0 - global_teacher / max(global_tokens, 1.0))
         log.update(grad_norm=norm, clip_threshold=decision.threshold,  # None: no limit
                    clipped=float(decision.clipped), lr=self.scheduler.get_last_lr()[0],
                    tokens=global_tokens)

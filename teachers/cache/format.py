@@ -54,6 +54,9 @@ class CachedSample(NamedTuple):
     # float32 [T]: log of the teacher's mass outside its top-k at each position. Written from
     # the unrounded log-probs (computed by the writer when absent); None in version-1 caches.
     rest_logprobs: np.ndarray | None = None
+    # int64 [T, 2]: [start, end) character span in ``text`` of each response token; only in
+    # caches whose meta has ``teacher_tokens`` (the response is then in the teacher's tokens).
+    spans: np.ndarray | None = None
 
 
 # ------------------------------------------------------------------------------------ meta
@@ -77,6 +80,10 @@ class CacheMeta:
     # [[teacher id, student id], ...], "folded": [teacher ids], "student_end": id}; {} = none
     token_map: dict = dataclasses.field(default_factory=dict)
     task_modes: dict = dataclasses.field(default_factory=dict)  # {task: mode} overrides
+    # Cross-tokenizer caches: response ids and rows are in the TEACHER's tokens (no token map),
+    # each record adds a block with the character span of every response token in ``text``,
+    # and the trainer aligns them with the student's tokens of ``text``. False: student ids.
+    teacher_tokens: bool = False
 
     def mode_for(self, task: str | None) -> str:
         return self.task_modes.get(task, self.mode) if task is not None else self.mode
@@ -232,6 +239,7 @@ class LogprobCodec:
 
 # --------------------------------------------------------------------------------- records
 _HEADER = struct.Struct("<4sHIH")  # magic, id length, response length T, k
+_SPAN = np.dtype("<u4")  # span block (teacher-token caches): [T, 2] little-endian u32
 
 
 _CODED_LENGTH = struct.Struct("<I")  # version 3: bytes of the range-coded top-k block
@@ -275,6 +283,13 @@ def encode_record(sample_id: str, sample: CachedSample, meta: CacheMeta) -> byte
         ]
         if meta.has_rest:
             parts.append(pack_uints(meta.codec.encode(rest), meta.logprob_bits))
+    if meta.teacher_tokens:
+        spans = None if sample.spans is None else np.asarray(sample.spans, dtype=np.int64)
+        if spans is None or spans.shape != (length, 2) or (length and spans.min() < 0):
+            raise ValueError(f"{sample_id}: a teacher-token cache needs a [start, end) span per "
+                             f"response token: [{length}, 2], got "
+                             f"{None if spans is None else list(spans.shape)}")
+        parts.append(spans.astype(_SPAN).tobytes())
     parts += [_encode_text(sample.text), _encode_text(sample.rationale)]
     return b"".join(parts)
 
@@ -311,6 +326,14 @@ def decode_record(data: bytes | memoryview, meta: CacheMeta) -> tuple[str, Cache
         response, ids, logprobs, rest, pos = _decode_coded_block(view, pos, length, meta, sample_id)
     else:
         response, ids, logprobs, rest, pos = _decode_packed_block(view, pos, length, meta, sample_id)
+    spans = None
+    if meta.teacher_tokens:
+        size = length * 2 * _SPAN.itemsize
+        if pos + size > len(view):
+            raise CacheFormatError(f"{sample_id}: record truncated in the span block")
+        spans = np.frombuffer(view[pos : pos + size], dtype=_SPAN).reshape(length, 2)
+        spans = spans.astype(np.int64)
+        pos += size
     text, pos = _decode_text(view, pos, sample_id)
     rationale, pos = _decode_text(view, pos, sample_id)
     if pos != len(view):
@@ -322,6 +345,7 @@ def decode_record(data: bytes | memoryview, meta: CacheMeta) -> tuple[str, Cache
         rationale=rationale,
         text=text,
         rest_logprobs=meta.codec.decode(rest) if rest is not None else None,
+        spans=spans,
     )
     return sample_id, sample
 

@@ -12,7 +12,9 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from teachers.cache.format import CacheFormatError, decode_record, packed_size
+import numpy as np
+
+from teachers.cache.format import CacheFormatError, decode_record
 from teachers.cache.reader import CacheCorrupt, index_files, read_index, read_meta
 from teachers.cache.writer import DATA_SUFFIX, TEMP_PREFIX
 
@@ -86,6 +88,10 @@ def verify_cache(directory: str | os.PathLike) -> VerifyReport:
                     report.problems.append(
                         f"{where}: {len(sample.response_ids)} tokens, the index says {tokens}"
                     )
+                if meta.teacher_tokens:
+                    problem = span_problem(sample)
+                    if problem:
+                        report.problems.append(f"{where}: {problem}")
                 if sample_id in seen:
                     report.warnings.append(
                         f"{sample_id!r} is stored twice ({seen[sample_id]} and {shard}); "
@@ -104,6 +110,22 @@ def verify_cache(directory: str | os.PathLike) -> VerifyReport:
         elif path.suffix == DATA_SUFFIX and path.name not in indexed:
             report.warnings.append(f"{path.name}: data file without an index (ignored by readers)")
     return report
+
+
+def span_problem(sample) -> str | None:
+    """Why a teacher-token record's spans cannot be the tokens of its text (None: they can):
+    each span [start, end) inside the text, starts and ends never going back."""
+    spans, text = sample.spans, sample.text
+    if text is None:
+        return "a teacher-token record without its text"
+    if len(spans) == 0:
+        return None
+    starts, ends = spans[:, 0], spans[:, 1]
+    if (starts > ends).any() or (np.diff(starts) < 0).any() or (np.diff(ends) < 0).any():
+        return "token spans go backwards"
+    if int(ends.max()) > len(text):
+        return f"a token span ends at character {int(ends.max())} of a {len(text)}-character text"
+    return None
 
 
 @dataclass
@@ -183,14 +205,3 @@ def cache_stats(directory: str | os.PathLike) -> CacheStats:
         logprob_bits=meta.logprob_bits, mode=meta.mode, teacher=meta.teacher, version=meta.version,
         logprob_step=meta.topk_codec.step if meta.version >= 3 else None,
     )
-
-
-def expected_payload(tokens: int, k: int, id_bits: int, logprob_bits: int,
-                     rest: bool = True) -> int:
-    """Bytes of one record's packed arrays (used by tests and the benchmark); ``rest``: the
-    version-2 rest block."""
-    return (
-        packed_size(tokens, id_bits) + packed_size(tokens * k, id_bits)
-        + packed_size(tokens * k, logprob_bits) + (packed_size(tokens, logprob_bits) if rest else 0)
-    )
-

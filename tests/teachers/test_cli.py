@@ -83,6 +83,8 @@ def test_a_mismatched_tokenizer_is_refused_naming_both(tmp_path, capsys, smollm2
     manifest = helpers.write_manifest(tmp_path / "m.jsonl", helpers.sample_records(2))
     recipe = helpers.write_recipe(tmp_path / "r.yaml", smollm2_dir, manifest, tmp_path / "cache",
                                   tokenizer=str(other_tokenizer_dir))
+    with recipe.open("a") as handle:  # the cross-tokenizer path off: refused
+        handle.write("loss: {cross_tokenizer: 'off'}\n")
     assert run(["generate-teacher", str(recipe), "--endpoint", "http://127.0.0.1:9"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "disagree on token ids" in err

@@ -23,7 +23,10 @@ def test_fingerprint_is_stable_and_records_special_ids(tokenizer, smollm2_dir):
 
 
 def test_same_tokenizer_is_compatible(tokenizer, smollm2_dir):
-    assert check_compatible(tokenizer, AutoTokenizer.from_pretrained(smollm2_dir)).notes == []
+    found = check_compatible(tokenizer, AutoTokenizer.from_pretrained(smollm2_dir))
+    assert found.notes == [] and found.relation is Relation.SAME
+    assert found.choice == ("teacher and student tokenizers: same vocabulary: teacher ids cross "
+                            "as they are")
 
 
 def test_two_swapped_ids_are_refused_naming_both_tokenizers(tokenizer, swapped, smollm2_dir,
@@ -37,9 +40,16 @@ def test_two_swapped_ids_are_refused_naming_both_tokenizers(tokenizer, swapped, 
     assert "shares the student's tokenizer" in message
 
 
-def test_allow_mismatch_returns_the_problems_instead(tokenizer, swapped):
-    notes = check_compatible(swapped, tokenizer, allow_mismatch=True).notes
-    assert any("different ids" in n for n in notes)
+def test_different_vocabularies_take_the_cross_tokenizer_path_unless_off(tokenizer, swapped,
+                                                                         whisper_tokenizer):
+    for teacher in (swapped, whisper_tokenizer):
+        found = check_compatible(teacher, tokenizer, cross_tokenizer="auto")
+        assert found.relation is Relation.DIFFERENT
+        assert found.choice.startswith("teacher and student tokenizers: different vocabularies: "
+                                       "cross-tokenizer")
+        assert found.choice.endswith("(loss.cross_tokenizer: auto)")
+    with pytest.raises(TokenizerMismatch, match="set loss.cross_tokenizer to auto, map or uld"):
+        check_compatible(whisper_tokenizer, tokenizer, cross_tokenizer="off")
 
 
 def test_a_student_end_the_teacher_lacks_is_same_ordinary_not_refused(tokenizer, smollm2_dir):
