@@ -61,6 +61,7 @@ class DemoResult:
 def shrink_for_smoke(recipe: Recipe) -> None:
     """The smallest run that still passes through every stage (the CI test's size)."""
     train = recipe.train
+    train.optimizer.llm_start_step = min(train.optimizer.llm_start_step, 1)  # before max_steps
     train.max_steps, train.batch_size = 4, 2
     train.eval_every_steps, train.checkpoint.every_steps = 2, 2
     train.schedule.warmup_steps = 1
