@@ -129,10 +129,21 @@ class LossConfig(Strict):
 
 # --------------------------------------------------------------------------------------- train
 class OptimizerConfig(Strict):
+    """AdamW. Two parameter groups (``distill.train.optim``): the audio path (Q-Former, fusion,
+    projection, any unfrozen encoder) and the LLM (LoRA or its unfrozen weights).
+
+    ``audio_lr``: the audio path's peak lr (null: ``lr``); its warm-up start and floor are scaled
+    by ``audio_lr / lr``, so both groups follow one schedule shape. ``llm_start_step``: the LLM
+    group is not updated before this step and its schedule (warm-up, then decay to ``min_lr`` at
+    the last step) starts there: the projector warm-up of LLaVA's and SALMONN's first stage, so
+    the randomly initialised audio path learns to speak to a fixed LLM before LoRA adapts it."""
+
     name: Literal["adamw"] = "adamw"
     lr: PositiveFloat = 3e-5
     min_lr: NonNegFloat = 1e-5
     warmup_start_lr: NonNegFloat = 1e-6
+    audio_lr: PositiveFloat | None = None
+    llm_start_step: NonNegInt = 0
     betas: tuple[Probability, Probability] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
     weight_decay: NonNegFloat = 0.05
@@ -189,6 +200,14 @@ class TrainConfig(Strict):
     # Run trackers, through accelerate's (W&B: set WANDB_MODE=offline to log without a network).
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=lambda: ["tensorboard"])
+
+    @model_validator(mode="after")
+    def _llm_starts_before_the_end(self) -> TrainConfig:
+        start = self.optimizer.llm_start_step
+        if self.max_steps is not None and start >= self.max_steps:
+            raise ValueError(f"optimizer.llm_start_step ({start}) must be below max_steps "
+                             f"({self.max_steps}), or the LLM would never train")
+        return self
 
 
 # ---------------------------------------------------------------------------------------- eval

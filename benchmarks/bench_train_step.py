@@ -1,0 +1,171 @@
+"""Where one training step's time goes: the recipe's own Trainer, timed section by section.
+
+Runs ``--steps`` optimizer steps of ``distill train-student``'s code (``Trainer._optimizer_step``
+on ``Trainer._micro_batches``; nothing saved, no validation) after ``--warmup`` untimed ones, and
+reports per step the median seconds of: data (reading, augmenting, collating the next batch),
+the Whisper encoder, fusion + Q-Former + projection, the LLM decoder forward, the loss (lm_head
+chunks, CE + KD), backward, and the optimizer (norm, clip, AdamW, scheduler). Forward sections
+are timed by module hooks, so they are exactly the modules the student calls.
+
+``--set key=value`` overrides a recipe field (dotted path, YAML value), so two configurations
+can be timed in one run, one after the other, on the same load:
+
+    python benchmarks/bench_train_step.py recipes/demo.yaml --steps 8 \\
+        --compare model.qformer.audio_tokens=padded model.qformer.audio_tokens=clip
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+
+import torch
+import yaml
+
+SECTIONS = ("data", "whisper", "qformer+proj", "llm_fwd", "loss", "backward", "optimizer")
+
+
+def apply_overrides(recipe, assignments: list[str]):
+    """A copy of ``recipe`` with ``a.b.c=value`` assignments applied and validated again."""
+    from distill.config import Recipe
+
+    data = recipe.model_dump()
+    for assignment in assignments:
+        key, _, value = assignment.partition("=")
+        node = data
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = yaml.safe_load(value)
+    return Recipe.model_validate(data)
+
+
+class Timer:
+    def __init__(self):
+        self.current: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def section(self, name: str):
+        started = time.perf_counter()
+        yield
+        self.current[name] += time.perf_counter() - started
+
+    def hook(self, module: torch.nn.Module, name: str) -> None:
+        starts: list[float] = []
+        module.register_forward_pre_hook(lambda *_: starts.append(time.perf_counter()))
+
+        def done(*_):
+            self.current[name] += time.perf_counter() - starts.pop()
+
+        module.register_forward_hook(done)
+
+
+def time_steps(recipe, steps: int, warmup: int) -> dict:
+    from distill.train.loop import Trainer
+
+    trainer = Trainer(recipe)
+    student = trainer.accelerator.unwrap_model(trainer.student)
+    timer = Timer()
+    timer.hook(student.whisper, "whisper")
+    for module in (student.fusion, student.qformer, student.projection):
+        timer.hook(module, "qformer+proj")
+    timer.hook(student.causal_lm.get_decoder(), "llm_fwd")
+    forward_sections = ("whisper", "qformer+proj", "llm_fwd")
+
+    step_loss, backward = trainer._step_loss, trainer.accelerator.backward
+    optimizer_step = trainer.optimizer.step
+
+    def timed_step_loss(batch, num_items):
+        before = sum(timer.current[s] for s in forward_sections)
+        started = time.perf_counter()
+        out = step_loss(batch, num_items)
+        forward = sum(timer.current[s] for s in forward_sections) - before
+        timer.current["loss"] += time.perf_counter() - started - forward
+        return out
+
+    def timed_backward(loss, **kwargs):
+        with timer.section("backward"):
+            return backward(loss, **kwargs)
+
+    def timed_optimizer_step(*args, **kwargs):
+        with timer.section("optimizer"):
+            return optimizer_step(*args, **kwargs)
+
+    trainer._step_loss = timed_step_loss
+    trainer.accelerator.backward = timed_backward
+    trainer.optimizer.step = timed_optimizer_step
+
+    trainer.student.train()
+    batches = trainer._micro_batches()
+    per_step, totals, tokens = defaultdict(list), [], []
+    for index in range(warmup + steps):
+        timer.current = defaultdict(float)
+        started = time.perf_counter()
+        with timer.section("data"):
+            micro = [next(batches)[0] for _ in range(recipe.train.grad_accumulation)]
+        log = trainer._optimizer_step(micro)
+        trainer.progress.step += 1
+        total = time.perf_counter() - started
+        if index >= warmup:
+            totals.append(total)
+            tokens.append(micro[0].inputs["attention_mask"].sum().item())
+            for name in SECTIONS:
+                per_step[name].append(timer.current[name])
+    medians = {name: statistics.median(per_step[name]) for name in SECTIONS}
+    medians["total"] = statistics.median(totals)
+    medians["other"] = medians["total"] - sum(medians[name] for name in SECTIONS)
+    return {"seconds": medians, "steps_per_s": 1 / medians["total"],
+            "sequence_tokens": statistics.median(tokens), "loss": log["loss"]}
+
+
+def render(results: list[tuple[str, dict]], command: str) -> str:
+    names = [label for label, _ in results]
+    lines = [f"`{command}` (torch threads {torch.get_num_threads()}, load average "
+             f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end)", "",
+             "| section (median s per step) | " + " | ".join(names) + " |",
+             "|---|" + "---:|" * len(names)]
+    for name in (*SECTIONS, "other", "total"):
+        cells = []
+        for _, result in results:
+            value, total = result["seconds"][name], result["seconds"]["total"]
+            cells.append(f"{value:.3f} ({100 * value / total:.0f} %)")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| steps/s | " + " | ".join(f"{r['steps_per_s']:.3f}" for _, r in results) + " |")
+    lines.append("| LLM tokens per batch (attended) | "
+                 + " | ".join(f"{r['sequence_tokens']:.0f}" for _, r in results) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    import sys
+
+    from distill.config import load_recipe
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("recipe")
+    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe override for every configuration")
+    parser.add_argument("--compare", nargs="+", default=None, metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="configurations to time one after the other (comma-separated "
+                             "overrides each); default: the recipe as it is")
+    args = parser.parse_args(argv)
+    base = apply_overrides(load_recipe(args.recipe), args.set)
+    configurations = args.compare or [""]
+    results = []
+    for config in configurations:
+        overrides = [part for part in config.split(",") if part]
+        recipe = apply_overrides(copy.deepcopy(base), overrides)
+        print(f"timing {config or 'the recipe'} ...", file=sys.stderr, flush=True)
+        results.append((config or "recipe", time_steps(recipe, args.steps, args.warmup)))
+    print(render(results, "python benchmarks/bench_train_step.py " + " ".join(argv or sys.argv[1:])))
+
+
+if __name__ == "__main__":
+    main()
