@@ -381,16 +381,9 @@ class Job:
             return self._cross_sample(result, record)
         if self.meta.mode_for(record["task"]) == "score":
             target = self.encode_target(self.student_tok, record["text"])
-            if len(target) != len(result.response_ids):
-                raise ValueError(f"{len(result.response_ids)} scored rows for {len(target)} targets")
-            ids, logprobs, rest = self._rows(result.topk_ids, result.topk_logprobs)
+            ids, logprobs, rest = self._scored_rows(result, target)
             return CachedSample(target, ids, logprobs, None, record.get("text"), rest)
-        if result.finish_reason == "length":
-            raise ValueError(f"the teacher stopped at max_new_tokens ({self.teacher.max_new_tokens})")
-        ids = [int(i) for i in result.response_ids]
-        start, rationale = split_rationale(self.teacher_tok, ids)
-        if self.teacher.rationale_as_target:
-            start = 0
+        ids, start, rationale = self._answer(result)
         if start >= len(ids):
             raise ValueError("the teacher's answer is empty")
         answer = ids[start:]
@@ -401,6 +394,21 @@ class Job:
         ids, logprobs, rest = self._rows(result.topk_ids[start:], result.topk_logprobs[start:])
         return CachedSample(response, ids, logprobs, rationale, text, rest)
 
+    def _scored_rows(self, result: TeacherResult, target: list[int]):
+        """Score mode: the teacher's rows over ``target``, one per target token, or ValueError."""
+        if len(target) != len(result.response_ids):
+            raise ValueError(f"{len(result.response_ids)} scored rows for {len(target)} targets")
+        return self._rows(result.topk_ids, result.topk_logprobs)
+
+    def _answer(self, result: TeacherResult) -> tuple[list[int], int, str | None]:
+        """Generate mode: (the teacher's ids, where its answer starts, its rationale or None);
+        ValueError when it stopped at max_new_tokens."""
+        if result.finish_reason == "length":
+            raise ValueError(f"the teacher stopped at max_new_tokens ({self.teacher.max_new_tokens})")
+        ids = [int(i) for i in result.response_ids]
+        start, rationale = split_rationale(self.teacher_tok, ids)
+        return ids, 0 if self.teacher.rationale_as_target else start, rationale
+
     def _cross_sample(self, result: TeacherResult, record: dict) -> CachedSample:
         """The teacher's own tokens of the response, with the character span of each in the
         stored text (score: the reference; generate: the teacher's answer, which the student
@@ -408,18 +416,11 @@ class Job:
         if self.meta.mode_for(record["task"]) == "score":
             text = record["text"]
             target = self.encode_target(self.teacher_tok, text)
-            if len(target) != len(result.response_ids):
-                raise ValueError(f"{len(result.response_ids)} scored rows for {len(target)} targets")
-            ids, logprobs, rest = self._rows(result.topk_ids, result.topk_logprobs)
+            ids, logprobs, rest = self._scored_rows(result, target)
             spans = spans_in_text(self._pieces(target), text)
             return CachedSample(np.array(target), ids, logprobs, None, text, rest,
                                 np.array(spans))
-        if result.finish_reason == "length":
-            raise ValueError(f"the teacher stopped at max_new_tokens ({self.teacher.max_new_tokens})")
-        response = [int(i) for i in result.response_ids]
-        start, rationale = split_rationale(self.teacher_tok, response)
-        if self.teacher.rationale_as_target:
-            start = 0
+        response, start, rationale = self._answer(result)
         answer = response[start:]
         text = char_spans(self._pieces(answer))[0].strip() if answer else ""
         if not text:
