@@ -200,9 +200,12 @@ def test_an_unsafe_latest_checkpoint_stops_the_resume(tmp_path):
 
 # ------------------------------------------------------------- the real trainer, `--resume`
 @pytest.mark.slow
+@pytest.mark.parametrize("fault", ["truncated", "earlier_layout"])
 def test_resume_with_a_truncated_checkpoint_continues_from_the_one_before(
-    tmp_path, make_cfg, capsys
+    tmp_path, make_cfg, capsys, fault
 ):
+    """A torn student file, or a checkpoint in the layout before Accelerator.save_state
+    (trainer_state.pt), is skipped with its reason and the one before it resumed."""
     from distill.config import Recipe
     from distill.train.loop import LOG_FILE, train_student
 
@@ -227,13 +230,22 @@ def test_resume_with_a_truncated_checkpoint_continues_from_the_one_before(
         })
 
     train_student(recipe(2), run_eval=False)
-    truncate(out / "checkpoints" / "step-00000002" / "student" / "trainable.safetensors")
+    latest = out / "checkpoints" / "step-00000002"
+    if fault == "truncated":
+        truncate(latest / "student" / "trainable.safetensors")
+        reason = "trainable.safetensors: truncated or corrupt"
+    else:
+        for path in latest.iterdir():
+            if path.is_file():
+                path.unlink()
+        torch.save({"progress": {"step": 2}}, latest / "trainer_state.pt")
+        reason = "written by an earlier distill (trainer_state.pt)"
     capsys.readouterr()
 
     train_student(recipe(3), resume=True, run_eval=False)
 
     printed = capsys.readouterr().out
-    assert "resume: step-00000002 cannot be loaded" in printed
+    assert "resume: step-00000002 cannot be loaded" in printed and reason in printed
     assert "resumed at step 1 from" in printed and printed.count("step-00000001") >= 1
     steps = [json.loads(line)["step"] for line in (out / LOG_FILE).read_text().splitlines()]
     assert steps == [1, 2, 3]  # step 2 redone once, not doubled
