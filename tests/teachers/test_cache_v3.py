@@ -27,18 +27,15 @@ from teachers.cache.coding import (
     rank_in_row,
 )
 from teachers.cache.format import CacheFormatError, decode_record, encode_record, rest_from_topk
+from tests.teachers.test_cache import make_meta as shared_meta
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VOCAB = 128256
 
 
 def make_meta(**changes) -> CacheMeta:
-    fields = dict(
-        teacher="t", teacher_revision=None, tokenizer_fingerprint="fp", target_tokenizer_fingerprint="fp",
-        mode="score", k=64, logprob_mode="raw_logprobs", temperature=1.0, prompt_template_hash="h",
-        vocab_size=VOCAB,
-    )
-    return CacheMeta(**{**fields, **changes})
+    """test_cache's meta at this file's k = 64 and Llama-3's vocabulary."""
+    return shared_meta(**{"k": 64, "vocab_size": VOCAB, **changes})
 
 
 def lm_rows(rng, length: int, k: int, vocab: int = VOCAB):
