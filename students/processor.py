@@ -26,7 +26,7 @@ from students.prompting import (
     sample_layout,
 )
 from students.qformer import num_windows
-from students.whisper_encoder import encoder_frames, whisper_feature_extractor
+from students.whisper_encoder import encoder_frames, mel_frames_for, whisper_feature_extractor
 
 Waveform = torch.Tensor | np.ndarray | Sequence[float]
 
@@ -34,8 +34,10 @@ Waveform = torch.Tensor | np.ndarray | Sequence[float]
 class SalmonnProcessor:
     """(16 kHz mono waveforms, instructions, optional targets) -> batch dict of tensors.
 
-    Keys: ``whisper_features`` [B, mels, 3000]; ``audio_lengths`` [B] (audio tokens each sample
-    gives the LLM, ``audio_token_count``); ``beats_waveform`` [B, S] and
+    Keys: ``whisper_features`` [B, mels, 3000] (with ``pad_to_30s=False`` [B, mels, F], F the
+    longest clip's ``whisper_frames``); ``whisper_frames`` [B] (only with ``pad_to_30s=False``:
+    the mel frames each clip is encoded with, ``mel_frames_for`` its windows); ``audio_lengths``
+    [B] (audio tokens each sample gives the LLM, ``audio_token_count``); ``beats_waveform`` [B, S] and
     ``beats_padding_mask`` [B, S] (True = padding; only with BEATs); ``prefix_ids`` [B, P] and
     ``prefix_lengths`` [B] (BOS + text before the audio); ``suffix_ids`` / ``suffix_lengths``
     (text after it); with targets also ``target_ids`` / ``target_lengths`` (ending with the end
@@ -55,6 +57,7 @@ class SalmonnProcessor:
         window_stride: int = 17,
         queries_per_window: int = 1,
         audio_tokens: str = "all",
+        pad_to_30s: bool = True,
         end_ids: list[int] | None = None,
         min_seconds: float = 1.0,
         max_seconds: float = 30.0,
@@ -70,6 +73,10 @@ class SalmonnProcessor:
         if audio_tokens not in ("all", "clip"):
             raise ValueError(f"audio_tokens must be 'all' or 'clip', got {audio_tokens!r}")
         self.audio_tokens = audio_tokens
+        if not pad_to_30s and audio_tokens != "clip":
+            raise ValueError("pad_to_30s=False needs audio_tokens='clip'")
+        self.pad_to_30s = pad_to_30s
+        self.window_frames = window_frames
         self.window_stride, self.queries_per_window = window_stride, queries_per_window
         self.end_ids = end_ids if end_ids is not None else end_token_ids(tokenizer)
         self.min_samples = int(round(min_seconds * SAMPLE_RATE))
@@ -102,6 +109,7 @@ class SalmonnProcessor:
             window_stride=cfg.qformer.window_stride,
             queries_per_window=cfg.qformer.queries_per_window,
             audio_tokens=cfg.qformer.audio_tokens,
+            pad_to_30s=cfg.whisper.pad_to_30s,
             end_ids=end_ids,
             **lengths,
         )
@@ -193,6 +201,14 @@ class SalmonnProcessor:
                 [torch.arange(length) >= w.numel() for w in waves]
             )
         batch["audio_lengths"] = torch.tensor([self.audio_token_count(w.numel()) for w in waves])
+        if not self.pad_to_30s:
+            # Each clip's log-mel frames are those of its 30 s input up to its last window.
+            limit = self.feature_extractor.nb_max_frames
+            frames = [mel_frames_for(n // self.queries_per_window, self.window_frames,
+                                     self.window_stride, limit)
+                      for n in batch["audio_lengths"].tolist()]
+            batch["whisper_frames"] = torch.tensor(frames)
+            batch["whisper_features"] = batch["whisper_features"][:, :, : max(frames)]
         prompts = [encode_prompt(self.tokenizer, self.prompt.template, i) for i in instructions]
         batch["prefix_ids"], batch["prefix_lengths"] = pad_ids([p for p, _ in prompts], self.pad_id)
         batch["suffix_ids"], batch["suffix_lengths"] = pad_ids([s for _, s in prompts], self.pad_id)

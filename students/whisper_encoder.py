@@ -9,7 +9,9 @@ this encoder in fp32 under autocast, a large share of its memory.
 from __future__ import annotations
 
 import torch
+from torch import nn
 from transformers import WhisperFeatureExtractor
+from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from students.config import SAMPLE_RATE, WhisperEncoderConfig
@@ -19,6 +21,41 @@ from students.ct2_whisper import cached_conversion, is_ct2_folder
 class _EncoderOnly(WhisperEncoder):
     # The decoder and output projection of a full checkpoint are expected leftovers, not errors.
     _keys_to_ignore_on_load_unexpected = [r"decoder\.", r"proj_out\."]
+
+    def forward(self, input_features: torch.Tensor, attention_mask=None, **kwargs):
+        """[B, mels, F] -> last_hidden_state [B, F / 2, width]. F = 3000 (30 s) runs
+        transformers' own forward; a shorter even F runs the same layers with the first F / 2
+        positional embeddings (``model.whisper.pad_to_30s: false``), which transformers refuses."""
+        if input_features.shape[-1] == self.full_input_frames:
+            return super().forward(input_features, attention_mask, **kwargs)
+        return encode_any_length(self, input_features)
+
+    @property
+    def full_input_frames(self) -> int:
+        return self.config.max_source_positions * self.conv1.stride[0] * self.conv2.stride[0]
+
+
+def encode_any_length(encoder: WhisperEncoder, features: torch.Tensor) -> BaseModelOutput:
+    """Whisper's encoder forward on ``features`` [B, mels, F] for any even F up to 30 s.
+
+    The steps of transformers' ``WhisperEncoder.forward`` (two GELU convolutions, sinusoidal
+    positions, the layers, the final norm) with positions ``0 .. F / 2 - 1``; at F = 3000 the
+    result is that forward's (tests/students/test_whisper_input.py). Variable-length Whisper
+    features are what SLAM-LLM's speech encoders use for short clips. ValueError for an odd F
+    or one beyond 30 s."""
+    frames = features.shape[-1]
+    full = encoder.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
+    if frames > full or frames % 2:
+        raise ValueError(f"Whisper takes an even number of mel frames up to {full}, got {frames}")
+    hidden = nn.functional.gelu(encoder.conv1(features))
+    hidden = nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+    hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+    hidden = nn.functional.dropout(hidden, p=encoder.dropout, training=encoder.training)
+    for layer in encoder.layers:
+        if encoder.training and encoder.layerdrop > 0 and torch.rand([]) < encoder.layerdrop:
+            continue
+        hidden = layer(hidden, None)
+    return BaseModelOutput(last_hidden_state=encoder.layer_norm(hidden))
 
 
 def load_whisper_encoder(
@@ -74,6 +111,13 @@ def whisper_feature_extractor(num_mel_bins: int) -> WhisperFeatureExtractor:
     Built from its defaults (identical for all Whisper sizes but the mel count), so no model
     hub is needed to make features."""
     return WhisperFeatureExtractor(feature_size=num_mel_bins, sampling_rate=SAMPLE_RATE)
+
+
+def mel_frames_for(windows: int, window_frames: int, window_stride: int, limit: int) -> int:
+    """Mel frames that give ``windows`` whole Q-Former windows of encoder frames: the last
+    window ends at encoder frame (windows - 1) * stride + window, two mel frames each (conv
+    stride 2); at most ``limit`` (3000, the 30 s input)."""
+    return min(2 * ((windows - 1) * window_stride + window_frames), limit)
 
 
 def encoder_frames(extractor: WhisperFeatureExtractor) -> int:

@@ -145,7 +145,8 @@ def make_cfg(tiny_whisper_dir, tiny_beats_path, tiny_llm_dir):
     """ModelConfig over the tiny models; keyword sections are merged into the defaults."""
 
     def make(
-        *, beats=True, quant=False, lora=True, moe=None, qformer=None, llm=None, **top
+        *, beats=True, quant=False, lora=True, moe=None, qformer=None, llm=None, whisper=None,
+        **top,
     ) -> ModelConfig:
         llm_section = {
             "name_or_path": str(tiny_llm_dir),
@@ -154,7 +155,7 @@ def make_cfg(tiny_whisper_dir, tiny_beats_path, tiny_llm_dir):
         }
         llm_section.update(llm or {})
         return ModelConfig(
-            whisper={"name_or_path": str(tiny_whisper_dir)},
+            whisper={"name_or_path": str(tiny_whisper_dir), **(whisper or {})},
             beats={"enabled": beats, "checkpoint": str(tiny_beats_path) if beats else None},
             qformer={
                 "hidden_size": 32,
