@@ -21,7 +21,8 @@ from typing import NamedTuple
 import numpy as np
 
 from distill.errors import DistillError
-from teachers.cache.coding import DEFAULT_CODEC, CodingError, TopKCodec
+from teachers.cache.coding import CodingError, TopKCodec
+from teachers.cache.refcoding import DEFAULT_REF_CODEC
 
 FORMAT_NAME = "distill-teacher-cache"
 # 2 added a rest block per record (the mass outside the top-k); 3 range-codes the top-k block
@@ -91,8 +92,10 @@ class CacheMeta:
     logprob_floor: float = LOGPROB_FLOOR
     format: str = FORMAT_NAME
     version: int = FORMAT_VERSION
-    # version 3: the top-k block's models (coding.py); {} in versions 1-2
-    topk_coding: dict = dataclasses.field(default_factory=lambda: json.loads(json.dumps(DEFAULT_CODEC)))
+    # version 3: the top-k block's codec and models (its "name": "range-ref-1", refcoding.py,
+    # for new caches; "range-zipf-1", coding.py, in caches begun before it); {} in versions 1-2
+    topk_coding: dict = dataclasses.field(
+        default_factory=lambda: json.loads(json.dumps(DEFAULT_REF_CODEC)))
 
     def __post_init__(self):
         if self.version < 3 and self.topk_coding:
