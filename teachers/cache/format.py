@@ -22,7 +22,7 @@ import numpy as np
 
 from distill.errors import DistillError
 from teachers.cache.coding import CodingError, TopKCodec
-from teachers.cache.refcoding import DEFAULT_REF_CODEC
+from teachers.cache.refcoding import default_topk_coding
 
 FORMAT_NAME = "distill-teacher-cache"
 # 2 added a rest block per record (the mass outside the top-k); 3 range-codes the top-k block
@@ -93,13 +93,15 @@ class CacheMeta:
     format: str = FORMAT_NAME
     version: int = FORMAT_VERSION
     # version 3: the top-k block's codec and models (its "name": "range-ref-1", refcoding.py,
-    # for new caches; "range-zipf-1", coding.py, in caches begun before it); {} in versions 1-2
-    topk_coding: dict = dataclasses.field(
-        default_factory=lambda: json.loads(json.dumps(DEFAULT_REF_CODEC)))
+    # for new caches, defaults by k: default_topk_coding; "range-zipf-1", coding.py, in caches
+    # begun before it); {} in versions 1-2
+    topk_coding: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.version < 3 and self.topk_coding:
             object.__setattr__(self, "topk_coding", {})
+        elif self.version >= 3 and not self.topk_coding:
+            object.__setattr__(self, "topk_coding", default_topk_coding(self.k))
 
     @property
     def id_bits(self) -> int:
@@ -151,7 +153,7 @@ class CacheMeta:
         required = {f.name for f in dataclasses.fields(cls)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         missing = sorted(required - set(data))
-        if data["version"] >= 3 and "topk_coding" not in data:
+        if data["version"] >= 3 and not data.get("topk_coding"):
             missing.append("topk_coding")
         if missing:
             raise CacheFormatError(f"meta record lacks required fields: {', '.join(missing)}")

@@ -34,6 +34,7 @@ Error and logprob coding: as ``range-zipf-1`` (rounded to a multiple of ``logpro
 from __future__ import annotations
 
 import functools
+import json
 import math
 from dataclasses import dataclass
 
@@ -106,6 +107,80 @@ DEFAULT_REF_CODEC["gap_tables"] = [list(t) for t in DEFAULT_CODEC["gap_tables"]]
 DEFAULT_REF_CODEC["rank_table"] = list(DEFAULT_CODEC["rank_table"])
 
 
+# The same rows cut to their best 8 (python benchmarks/bench_cache.py --fit): tables for small k
+# (a top-8 record has fewer references and more common new ids; the top-64 tables cost a top-8
+# cache ~4 % more than range-zipf-1, these ~5 % less; BENCHMARKS.md "Cache format").
+DEFAULT_REF_CODEC_SMALL_K: dict = {
+    "name": REF_CODEC_NAME,
+    "logprob_step": 0.039,
+    "slot_bounds": [1, 4],
+    "gap_tables": [
+        [
+            244376, 148602, 78672, 30785, 42186, 23183, 19383, 16342, 9501, 9501, 14822, 5701,
+            15582, 10262, 14062, 11022, 14062, 11782, 19383, 16342, 14062, 14822, 13302, 7221,
+            9501, 4941, 7221, 8741, 9501, 9501, 7221, 8741, 9501, 4181, 3421, 4181, 2660, 10262,
+            5701, 7981, 4941, 8741, 4181, 1900, 3421, 2660, 2660, 8741, 4941, 7221, 4941, 7221,
+            4181, 6461, 4181, 3421, 4941, 3421, 4181, 2660, 1140, 1140, 2660, 2660, 27744
+        ],
+        [
+            21494, 41058, 36939, 37711, 34880, 33593, 26900, 29216, 25098, 28959, 24583, 23039,
+            25870, 19177, 20207, 17118, 16088, 17633, 15059, 18148, 17118, 16603, 17118, 15316,
+            13257, 10425, 11712, 8623, 12999, 8366, 13772, 8623, 7851, 7851, 7594, 6564, 6049,
+            7079, 5792, 6049, 6049, 4247, 6307, 5277, 4762, 5534, 4762, 3733, 3733, 2445, 2960,
+            3990, 5792, 2188, 5020, 2703, 2703, 3218, 3475, 4247, 2960, 2445, 4247, 901, 233346
+        ],
+        [
+            80184, 136090, 123902, 96046, 75347, 71285, 58131, 52714, 38399, 39366, 29887, 29501,
+            23697, 24664, 20989, 15186, 12477, 8995, 9189, 10543, 8415, 8802, 8221, 6674, 5320,
+            5320, 4739, 3772, 2998, 3192, 3772, 2418, 2805, 1838, 2031, 1451, 2418, 1644, 871,
+            2031, 1257, 871, 1451, 1257, 871, 484, 677, 484, 97, 677, 290, 290, 677, 290, 97,
+            290, 290, 484, 97, 484, 290, 290, 97, 290, 871
+        ],
+    ],
+    "rank_table": [
+        766222, 79291, 27462, 10443, 8896, 11990, 7349, 5802, 128026, 387, 387, 387, 387, 387,
+        387, 387, 387
+    ],
+    "ref_slot_bounds": [1, 4],
+    "back_tables": [
+        [
+            497692, 234620, 52367, 70510, 37523, 19380, 22679, 9484, 104322
+        ],
+        [
+            586492, 110079, 51113, 72330, 45051, 28519, 23283, 11711, 119999
+        ],
+        [
+            676071, 71834, 36899, 50129, 36899, 22015, 17468, 13953, 123307
+        ],
+    ],
+    "delta_tables": [
+        [
+            770, 770, 770, 770, 770, 770, 770, 770, 770, 770, 770, 770, 770, 770, 770, 770,
+            210177, 219416, 147047, 100854, 105474, 97775, 73139, 74678, 770, 770, 770, 770, 770,
+            770, 770, 770, 770, 770
+        ],
+        [
+            310, 310, 310, 310, 310, 310, 310, 310, 310, 310, 310, 310, 310, 38779, 72904,
+            145498, 170937, 143016, 131848, 131848, 102686, 66699, 36917, 310, 310, 310, 310,
+            310, 310, 310, 310, 310, 310, 310
+        ],
+        [
+            289, 289, 289, 289, 289, 289, 289, 289, 289, 26864, 64994, 83482, 117568, 122767,
+            135477, 139521, 137210, 119301, 64417, 30331, 289, 289, 289, 289, 289, 289, 289, 289,
+            289, 289, 289, 289, 289, 289
+        ],
+    ],
+    "new_id_alpha": 1.2,
+    "new_id_offset": 300.0,
+}
+SMALL_K = 24  # k below this: DEFAULT_REF_CODEC_SMALL_K (fitted at k = 8); else DEFAULT_REF_CODEC (64)
+
+
+def default_topk_coding(k: int) -> dict:
+    """A fresh copy of the ``range-ref-1`` models a new cache of width ``k`` starts with."""
+    return json.loads(json.dumps(DEFAULT_REF_CODEC_SMALL_K if k < SMALL_K else DEFAULT_REF_CODEC))
+
+
 @dataclass(frozen=True)
 class RefTopKCodec(TopKCodec):
     """``range-ref-1``: ``TopKCodec``'s ranks and gaps, ids as in-record references (module doc).
@@ -146,6 +221,9 @@ class RefTopKCodec(TopKCodec):
             if any(len(t) != BACK_SYMBOLS + 1 for t in coder.back_tables)
             or any(len(t) != 2 * DELTA_HALF_WIDTH + 2 for t in coder.delta_tables) else "",
             "every table needs positive entries" if any(min(t) <= 0 for t in tables if t) else "",
+            "ref_slot_bounds must increase from above 0"
+            if any(b <= a for a, b in zip((0, *coder.ref_slot_bounds), coder.ref_slot_bounds,
+                                          strict=False)) else "",
         ]
         if any(problems):
             raise CodingError(f"meta codec is malformed ({'; '.join(p for p in problems if p)})")
@@ -154,6 +232,12 @@ class RefTopKCodec(TopKCodec):
     def ref_context(self) -> np.ndarray:
         """int [k]: the back/delta model each column uses."""
         return np.searchsorted(np.asarray(self.ref_slot_bounds), np.arange(self.k), side="right")
+
+    @functools.cached_property
+    def _ref_columns(self) -> list[slice]:
+        """Per reference context, its columns (contiguous: the bounds increase)."""
+        edges = [0, *(min(b, self.k) for b in self.ref_slot_bounds), self.k]
+        return [slice(lo, max(lo, hi)) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
 
     @functools.cached_property
     def _ref_models(self):
@@ -182,12 +266,10 @@ class RefTopKCodec(TopKCodec):
         self._encode_ranks_and_gaps(enc, np.asarray(response, np.int64), ids, codes)
         back, earlier_rank = references(ids)
         back_models, delta_models = self._ref_models
-        context = self.ref_context()
         rows = np.broadcast_to(np.arange(length)[:, None], (length, k))
         refs = back > 0
         delta = earlier_rank - np.arange(k)
-        for c in range(len(back_models)):
-            columns = context == c
+        for c, columns in enumerate(self._ref_columns):
             symbols = np.minimum(back[1:, columns], BACK_SYMBOLS).ravel()
             if symbols.size:
                 enc.encode(symbols.astype(np.int32), back_models[c])
@@ -196,8 +278,7 @@ class RefTopKCodec(TopKCodec):
             enc.encode((back[far] - BACK_SYMBOLS).astype(np.int32), Uniform(),
                        (rows[far] - BACK_SYMBOLS + 1).astype(np.int32))
         escape = 2 * DELTA_HALF_WIDTH + 1
-        for c in range(len(delta_models)):
-            columns = context == c
+        for c, columns in enumerate(self._ref_columns):
             sub = delta[:, columns][refs[:, columns]]
             if sub.size:
                 symbols = np.where(np.abs(sub) <= DELTA_HALF_WIDTH, sub + DELTA_HALF_WIDTH, escape)
@@ -225,32 +306,27 @@ class RefTopKCodec(TopKCodec):
             dec = constriction.stream.queue.RangeDecoder(
                 np.frombuffer(data, dtype="<u4").astype(np.uint32))
             ranks, absent_ids, gaps = self._decode_ranks_and_gaps(dec, length)
-            context = self.ref_context()
-            rows = np.broadcast_to(np.arange(length)[:, None], (length, k))
+            rows = np.arange(length)[:, None]
             back = np.zeros((length, k), np.int64)
-            for c in range(len(back_models)):
-                columns = context == c
-                count = (length - 1) * int(columns.sum())
+            for c, columns in enumerate(self._ref_columns):
+                count = (length - 1) * (columns.stop - columns.start)
                 if count:
                     back[1:, columns] = dec.decode(back_models[c], count).reshape(length - 1, -1)
-            if (back > rows).any():  # b < B names more rows back than there are
-                raise CodingError("a reference points before the record's first row")
-            far = (back == BACK_SYMBOLS) & (rows > BACK_SYMBOLS)
-            if far.any():
-                back[far] += dec.decode(Uniform(), (rows[far] - BACK_SYMBOLS + 1).astype(np.int32))
-            if (back > rows).any():
+            if length > BACK_SYMBOLS + 1:
+                far = back[BACK_SYMBOLS + 1:] == BACK_SYMBOLS  # b >= B: the rest follows
+                if far.any():
+                    sizes = np.broadcast_to(rows[BACK_SYMBOLS + 1:] - BACK_SYMBOLS + 1, far.shape)
+                    back[BACK_SYMBOLS + 1:][far] += dec.decode(Uniform(), sizes[far].astype(np.int32))
+            if (back > rows).any():  # names more rows back than there are
                 raise CodingError("a reference points before the record's first row")
             refs = back > 0
             delta = np.zeros((length, k), np.int64)
             escape = 2 * DELTA_HALF_WIDTH + 1
-            for c in range(len(delta_models)):
-                columns = context == c
+            for c, columns in enumerate(self._ref_columns):
                 mask = refs[:, columns]
                 count = int(mask.sum())
                 if count:
-                    sub = delta[:, columns]
-                    sub[mask] = dec.decode(delta_models[c], count)
-                    delta[:, columns] = sub
+                    delta[:, columns][mask] = dec.decode(delta_models[c], count)
             wide = refs & (delta == escape)
             earlier_rank = delta - DELTA_HALF_WIDTH + np.arange(k)
             if wide.any():
@@ -364,5 +440,5 @@ def fit_ref_tables(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], vocab_
             "new_id_alpha": best[1], "new_id_offset": best[2]}
 
 
-__all__ = ["DEFAULT_REF_CODEC", "REF_CODEC_NAME", "RefTopKCodec", "fit_ref_tables",
+__all__ = ["DEFAULT_REF_CODEC", "DEFAULT_REF_CODEC_SMALL_K", "REF_CODEC_NAME", "default_topk_coding", "RefTopKCodec", "fit_ref_tables",
            "references", "resolve_references", "rank_in_row"]

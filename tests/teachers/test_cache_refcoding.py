@@ -196,3 +196,18 @@ def test_a_zipf_cache_keeps_its_codec_and_reads_as_written(tmp_path):
     adopted = in_folder_format(fixture, old, make_meta(**{
         key: getattr(old, key) for key in ("k", "vocab_size", "teacher", "mode", "temperature")}))
     assert adopted.topk_coding == old.topk_coding
+
+
+def test_new_caches_get_the_tables_fitted_nearest_their_width():
+    """k < 24: the tables fitted on top-8 rows; wider: those fitted on top-64 rows. The meta
+    keeps them, so a later change of the defaults never changes how a cache decodes."""
+    from teachers.cache.format import CacheMeta
+    from teachers.cache.refcoding import DEFAULT_REF_CODEC_SMALL_K
+
+    small, wide = make_meta(k=8), make_meta(k=64)
+    assert small.topk_coding == DEFAULT_REF_CODEC_SMALL_K and wide.topk_coding == DEFAULT_REF_CODEC
+    assert CacheMeta.from_json(small.to_json()) == small
+    broken = json.loads(small.to_json())
+    broken["topk_coding"] = {}
+    with pytest.raises(CacheFormatError, match="lacks required fields: topk_coding"):
+        CacheMeta.from_json(json.dumps(broken))
