@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -30,6 +31,7 @@ FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 RECORD_MAGIC = b"DTC1"
 NO_TEXT = 0xFFFFFFFF  # length marker for an absent (None) text field
+_NUMBER_LIST = re.compile(r"\[(?:\s*-?[0-9][0-9.eE+-]*,?)+\s*\]")  # a JSON list of numbers only
 
 # Logprob codec defaults: 12 bits over [-40, 0] nats -> step 0.00978, |error| <= 0.0049 nats.
 LOGPROB_BITS = 12
@@ -129,7 +131,11 @@ class CacheMeta:
         return self.topk_codec.step / 2 if self.version >= 3 else self.codec.max_error
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+        """Indented JSON; a list of numbers (the codec's tables) stays on one line, which halves
+        the file (its bytes count against the cache's size per entry)."""
+        text = json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(m.group(0)[1:-1].split()).replace(",,", ",")
+                                + "]", text) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> CacheMeta:
