@@ -2,8 +2,8 @@
 
 Why a format of our own: a top-k row per target token for a million samples is large, and the
 trainer reads one sample at a time by id. Version 3 range-codes each record's top-k block
-(coding.py: about 2.2 B per top-k entry on real rows at k=64); versions 1 and 2 bit-packed it
-at fixed width (ceil(log2 V) bits per id, 12-bit logprobs: 3.6 B per entry at V=128256) and
+(coding.py, refcoding.py: about 2.1 B per top-k entry on real rows at k=64); versions 1 and 2
+bit-packed it at fixed width (ceil(log2 V) bits per id, 12-bit logprobs: 3.6 B per entry at V=128256) and
 stay readable. A per-record layout with an index lets a reader seek straight to one sample.
 See README.md here.
 """

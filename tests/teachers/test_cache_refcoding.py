@@ -211,3 +211,21 @@ def test_new_caches_get_the_tables_fitted_nearest_their_width():
     broken["topk_coding"] = {}
     with pytest.raises(CacheFormatError, match="lacks required fields: topk_coding"):
         CacheMeta.from_json(json.dumps(broken))
+
+
+def test_the_committed_range_ref_1_fixture_decodes_to_the_same_values():
+    """Guards the bytes on disk (a constriction release or a coder change that moved them would
+    make existing caches unreadable). Written by this codec from cache-v3-ref-exact.json; the
+    sample 'long' (20 rows) takes references 1-7 and 8+ rows back and escaped deltas."""
+    exact = json.loads((FIXTURES / "cache-v3-ref-exact.json").read_text())
+    with open_cache(FIXTURES / "cache-v3-ref") as cache:
+        assert cache.meta.topk_coding["name"] == "range-ref-1"
+        for sample_id, want in exact.items():
+            got = cache.get(sample_id)
+            want_ids, want_values = quantised_best_first(np.array(want["topk_ids"]),
+                                                         np.array(want["topk_logprobs"], np.float32))
+            np.testing.assert_array_equal(got.response_ids, want["response_ids"])
+            np.testing.assert_array_equal(got.topk_ids, want_ids)
+            np.testing.assert_array_equal(got.topk_logprobs, want_values)
+            assert (got.text, got.rationale) == (want["text"], want["rationale"])
+    assert verify_cache(FIXTURES / "cache-v3-ref").ok
