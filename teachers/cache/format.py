@@ -3,9 +3,9 @@
 Why a format of our own: a top-k row per target token for a million samples is large, and the
 trainer reads one sample at a time by id. Version 3 range-codes each record's top-k block
 (coding.py, refcoding.py: about 2.1 B per top-k entry on real rows at k=64); versions 1 and 2
-bit-packed it at fixed width (ceil(log2 V) bits per id, 12-bit logprobs: 3.6 B per entry at V=128256) and
-stay readable. A per-record layout with an index lets a reader seek straight to one sample.
-See README.md here.
+bit-packed it at fixed width (ceil(log2 V) bits per id, 12-bit logprobs: 3.6 B per entry at
+V=128256) and stay readable. A per-record layout with an index lets a reader seek straight to
+one sample. See README.md here.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import json
 import math
-import re
 import struct
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -31,7 +30,6 @@ FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 RECORD_MAGIC = b"DTC1"
 NO_TEXT = 0xFFFFFFFF  # length marker for an absent (None) text field
-_NUMBER_LIST = re.compile(r"\[(?:\s*-?[0-9][0-9.eE+-]*,?)+\s*\]")  # a JSON list of numbers only
 
 # Logprob codec defaults: 12 bits over [-40, 0] nats -> step 0.00978, |error| <= 0.0049 nats.
 LOGPROB_BITS = 12
@@ -131,11 +129,8 @@ class CacheMeta:
         return self.topk_codec.step / 2 if self.version >= 3 else self.codec.max_error
 
     def to_json(self) -> str:
-        """Indented JSON; a list of numbers (the codec's tables) stays on one line, which halves
-        the file (its bytes count against the cache's size per entry)."""
-        text = json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-        return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(m.group(0)[1:-1].split()).replace(",,", ",")
-                                + "]", text) + "\n"
+        # students/card.py's cache_meta_digest re-creates this text from the fields: keep both
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> CacheMeta:

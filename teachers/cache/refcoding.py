@@ -5,16 +5,19 @@ of the ids of a record (one sample, ~17 rows of k = 64) already occurred in an e
 the same record: the teacher's tail at neighbouring positions keeps the same common tokens. Such
 an id is coded as a reference: how many rows back its most recent occurrence is (b) and its rank
 there relative to its own (delta); an id never seen in the record falls back to the Zipf model.
-On real SmolLM2 top-64 rows this costs ~12.4 bits per id (BENCHMARKS.md "Cache format").
+On real SmolLM2 top-64 rows this costs ~12.9 bits per id on rows the tables were not fitted on
+(BENCHMARKS.md "Cache format": 2.07 B per entry in records against 2.17).
 
-Why this and not the other ideas measured there: a move-to-front index over the record's
-distinct ids costs ~9 bits per reference (more than b + delta, ~6.5); sorting a row by id and
-delta-coding it needs the order back (log2 of 64!/ties: ~4.2 bits per entry); a unigram table
-fitted on the cache's own rows (12.0 bits alone, 11.3 mixed with in-record counts) needs the
-table before the first record is written, so every cache would have to be re-coded after its
-run, and a mixture model cannot be decoded with whole-array calls. References use fixed tables
-(in ``meta.json``, like the other models), so a cache is still coded record by record, a rerun
-resumes where it stopped, and nothing is rewritten.
+Why this and not the other ideas measured there: the previous row plus a move-to-front list of
+the record's ids codes about as well (12.7 bits in-sample against 12.8 for b + delta), but the
+list changes with every symbol, so it decodes symbol by symbol in Python (milliseconds a sample);
+sorting a row by id and delta-coding it needs the row's order back (log2 of 64!/ties: ~4.2 bits
+per entry); a unigram table fitted on the cache's own rows (12.0 bits alone, 11.3 mixed with
+in-record counts symbol by symbol) needs the rows before the first record is coded: every cache
+would be re-coded after its run, or each shard buffered until it is finished. References use
+fixed tables (in ``meta.json``, like the other models), so a cache is still coded record by
+record as the teacher delivers it, a rerun resumes where it stopped, nothing is rewritten, and a
+sample is one ``pread`` (about 280 µs of CPU to decode 17 rows of 64, 1.7x ``range-zipf-1``).
 
 Decoding stays vectorised: every symbol stream is decoded with one ``constriction`` call per
 context (the models never depend on decoded values), then references are resolved by pointer
