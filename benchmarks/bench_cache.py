@@ -169,67 +169,18 @@ def measure(rows: list[dict], meta, folder: Path, label: str) -> dict:
 
 
 def ideas(rows: list[dict], vocab: int, k: int) -> list[tuple[str, float]]:
-    """Ideal code lengths (bits per top-k entry) of each part and of other id models."""
-    from teachers.cache.coding import DEFAULT_CODEC, TopKCodec, id_class_probabilities, id_classes
+    """Ideal code lengths (bits per top-k entry) of each part and of other models
+    (benchmarks/cache_ideas.py)."""
+    from benchmarks.cache_ideas import id_ideas, logprob_ideas
+    from teachers.cache.coding import DEFAULT_CODEC
 
-    codec = TopKCodec.from_meta(DEFAULT_CODEC, k, vocab, -40.0, 12)
-    ids = np.concatenate([r["ids"] for r in rows])
-    entries = ids.size
-    flat = ids.ravel()
-
-    def entropy(values) -> float:
-        _, counts = np.unique(values, return_counts=True)
-        return float(-(counts * np.log2(counts / counts.sum())).sum())
-
-    out = [("ids, fixed width ceil(log2 V)", float(math.ceil(math.log2(vocab))))]
-    classes, _low, widths = id_classes(flat)
-    p = id_class_probabilities(vocab, codec.id_alpha, codec.id_offset)
-    out.append(("ids, Zipf classes + uniform low bits (shipped)",
-                float((-np.log2(p[classes]) + widths).sum() / entries)))
-    train = np.concatenate([r["ids"] for r in rows[::2]]).ravel()
-    test = np.concatenate([r["ids"] for r in rows[1::2]]).ravel()
-    counts = np.bincount(train, minlength=vocab).astype(np.float64)
-    prior = p[id_classes(np.arange(vocab))[0]] / (1 << id_classes(np.arange(vocab))[2])
-    mix = (counts + 1e4 * prior) / (counts.sum() + 1e4)
-    out.append(("ids, per-cache unigram table (fit even samples, test odd; needs a stored table)",
-                float(-np.log2(mix[test]).mean())))
-    hits = []
-    new_bits, first_index, slots = 0.0, [], []
-    for r in rows:
-        seen: set[int] = set()
-        for row in r["ids"]:
-            hits.extend(int(x) in seen for x in row)
-            seen.update(int(x) for x in row)
-        first: dict[int, int] = {}  # id -> its index among the record's distinct ids
-        for position, x in enumerate(int(v) for v in r["ids"].ravel()):
-            slots.append(position % k)
-            if x in first:
-                first_index.append(first[x])
-            else:
-                first[x] = len(first)
-                classes_x, _low, width_x = id_classes(np.array([x]))
-                new_bits += float(-np.log2(p[classes_x[0]]) + width_x[0])
-    hits_arr = np.array(hits, bool)
-    out.append(("fraction of ids already in an earlier row of the record", float(hits_arr.mean())))
-    # seen-before flag per slot context + the earlier id's index (id classes + low bits) + new ids
-    # by the Zipf model; the flag and index tables are fitted on these rows (in-sample)
-    flags = np.fromiter(_seen_flags(rows), bool)
-    context = codec.slot_context()[np.array(slots)]
-    flag_bits = sum(entropy(flags[context == c]) for c in range(context.max() + 1))
-    index_classes, _low, index_widths = id_classes(np.array(first_index))
-    ref_bits = entropy(index_classes) + float(index_widths.sum())
-    out.append(("ids, reference to an id seen earlier in the record (flag + index), else Zipf; "
-                "in-sample", (flag_bits + ref_bits + new_bits) / entries))
-    for step in (0.02, 0.039, 0.06):
-        lp = np.concatenate([r["logprobs"] for r in rows]).astype(np.float64)
-        codes = np.sort(np.rint(-np.clip(lp, -40, 0) / step).astype(np.int64), 1)
-        gaps = np.diff(codes, axis=1, prepend=0)
-        context = codec.slot_context()
-        bits = sum(entropy(gaps[:, context == c]) for c in range(context.max() + 1))
-        out.append((f"logprob gaps at step {step} (mean error ~{step / 4:.4f} nats)", bits / entries))
+    out = id_ideas(rows, vocab, DEFAULT_CODEC["id_alpha"], DEFAULT_CODEC["id_offset"])
+    out += logprob_ideas(rows)
     ranks = np.concatenate([np.where((r["ids"] == r["response"][:, None]).any(1),
                                      (r["ids"] == r["response"][:, None]).argmax(1), k) for r in rows])
-    out.append(("target token as its rank in the row", entropy(ranks) / entries))
+    _, counts = np.unique(ranks, return_counts=True)
+    out.append(("target token as its rank in the row",
+                float(-(counts * np.log2(counts / counts.sum())).sum()) / ranks.size / k))
     out.append(("rest mass, 12-bit code", 12 / k))
     return out
 
@@ -255,15 +206,6 @@ def repack(source: Path, target: Path) -> list[str]:
     return cache_stats(source).lines() + cache_stats(target).lines()
 
 
-def _seen_flags(rows: list[dict]):
-    """Per entry, row-major within each record: has the record shown this id before?"""
-    for r in rows:
-        seen: set[int] = set()
-        for x in (int(v) for v in r["ids"].ravel()):
-            yield x in seen
-            seen.add(x)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--k", type=int, default=64)
@@ -280,6 +222,7 @@ def main() -> int:
 
     from teachers.cache import CacheMeta
     from teachers.cache.coding import DEFAULT_CODEC, fit_tables
+    from teachers.cache.refcoding import fit_ref_tables
 
     rows = load_rows(args.rows) if args.rows else teacher_rows(args.k)
     if args.save:
@@ -304,20 +247,35 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         results.append(measure(rows, meta(version=2), tmp / "v2", "version 2 (fixed width)"))
-        results.append(measure(rows, meta(), tmp / "v3", "version 3, shipped tables (in-sample)"))
+        results.append(measure(rows, meta(topk_coding=DEFAULT_CODEC), tmp / "v3",
+                               "version 3 range-zipf-1, shipped tables (in-sample)"))
+        results.append(measure(rows, meta(), tmp / "v3-ref",
+                               "version 3 range-ref-1, shipped tables (in-sample)"))
         odd = rows[1::2]
         fitted = fit_tables(as_triples(rows[::2]), vocab, step, -40.0)
+        fitted_ref = fit_ref_tables(as_triples(rows[::2]), vocab, step, -40.0)
         results.append(measure(odd, meta(version=2), tmp / "v2-odd", "version 2, odd samples"))
         results.append(measure(odd, meta(topk_coding=fitted), tmp / "v3-odd",
-                               "version 3, tables fit on even samples, odd samples"))
+                               "version 3 range-zipf-1, tables fit on even samples, odd samples"))
+        results.append(measure(odd, meta(topk_coding=fitted_ref), tmp / "v3-ref-odd",
+                               "version 3 range-ref-1, tables fit on even samples, odd samples"))
+        # the same rows cut to their best 8 (the demo's width): the small-k tables
+        top8 = [{**r, "ids": np.take_along_axis(r["ids"], np.argsort(-r["logprobs"], 1, kind="stable"), 1)[:, :8],
+                 "logprobs": -np.sort(-r["logprobs"], 1)[:, :8]} for r in rows]
+        results.append(measure(top8, meta(k=8, topk_coding=DEFAULT_CODEC), tmp / "v3-top8",
+                               "version 3 range-zipf-1, rows cut to top-8"))
+        results.append(measure(top8, meta(k=8), tmp / "v3-ref-top8",
+                               "version 3 range-ref-1, rows cut to top-8 (small-k tables, in-sample)"))
         # V = 128256 by remapping: ids spread proportionally over the larger vocabulary (an upper
         # estimate: a real 128k BPE keeps common tokens at low ids, adding rarer ones above).
         spread = [{**r, "ids": r["ids"] * 128256 // vocab, "response": r["response"] * 128256 // vocab}
                   for r in rows]
         results.append(measure(spread, meta(version=2, vocab_size=128256), tmp / "v2-128k",
                                "version 2, ids spread to V=128256"))
-        results.append(measure(spread, meta(vocab_size=128256), tmp / "v3-128k",
-                               "version 3, ids spread to V=128256"))
+        results.append(measure(spread, meta(vocab_size=128256, topk_coding=DEFAULT_CODEC),
+                               tmp / "v3-128k", "version 3 range-zipf-1, ids spread to V=128256"))
+        results.append(measure(spread, meta(vocab_size=128256), tmp / "v3-ref-128k",
+                               "version 3 range-ref-1, ids spread to V=128256"))
     header = ("| format | B/entry (all: records + index + meta) | B/entry (records) | B/row | "
               "mean abs logprob error | max | KL(cached‖exact)/row mean | max | µs/sample | rows/s | "
               "CPU µs/sample |")
@@ -330,11 +288,17 @@ def main() -> int:
               f"{r['rows_per_s']:.0f} | {r['cpu_us_per_sample']:.0f} |")
     print(json.dumps(results, indent=1))
     if args.ideas:
-        print("\nideal bits per top-k entry (entropy of each part on these rows):")
+        print("\nideal bits per top-k entry (code length of each part on these rows):")
+        print("| part / idea | bits per entry |\n|---|---|")
         for name, bits in ideas(rows, vocab, k):
-            print(f"  {bits:7.3f}  {name}")
+            print(f"| {name} | {bits:.3f} |")
     if args.fit:
         print(json.dumps(fit_tables(as_triples(rows), vocab, step, -40.0)))
+        print(json.dumps(fit_ref_tables(as_triples(rows), vocab, step, -40.0)))
+        top8 = [(r["response"], np.take_along_axis(r["ids"], np.argsort(-r["logprobs"], 1, kind="stable"), 1)[:, :8],
+                 -np.sort(-r["logprobs"], 1)[:, :8]) for r in rows]
+        print(json.dumps(fit_ref_tables(top8, vocab, step, -40.0, slot_bounds=(1, 4),
+                                        ref_slot_bounds=(1, 4))))
     return 0
 
 

@@ -100,6 +100,16 @@ class TopKCodec:
 
     @classmethod
     def from_meta(cls, codec: dict, k: int, vocab_size: int, floor: float, rest_bits: int) -> TopKCodec:
+        """The coder ``codec`` (a meta's ``topk_coding``) names: ``range-zipf-1`` (this class)
+        or ``range-ref-1`` (refcoding.py); CodingError naming what is wrong otherwise."""
+        name = codec.get("name") if isinstance(codec, dict) else None
+        if name == "range-ref-1":
+            from teachers.cache.refcoding import RefTopKCodec
+
+            return RefTopKCodec.build(codec, k, vocab_size, floor, rest_bits)
+        if name != CODEC_NAME:
+            raise CodingError(f"meta codec is malformed (unknown codec name {name!r}; this code "
+                              f"reads {CODEC_NAME!r} and 'range-ref-1')")
         try:
             coder = _codec(
                 k, vocab_size, float(floor), int(rest_bits), float(codec["logprob_step"]),
@@ -196,9 +206,23 @@ class TopKCodec:
         ids = np.take_along_axis(np.asarray(ids, np.int64), order, 1)
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
             raise ValueError(f"top-k ids must lie in [0, {self.vocab_size})")
+        enc = RangeEncoder()
+        self._encode_ranks_and_gaps(enc, np.asarray(response, np.int64), ids, codes)
+        # 3. ids, 4. rest codes
+        self._encode_ids(enc, ids.ravel(), self._models[2])
+        enc.encode(np.asarray(rest_codes, np.int32), Uniform(1 << self.rest_bits))
+        return enc.get_compressed().astype("<u4").tobytes()
+
+    def _encode_ranks_and_gaps(self, enc, response: np.ndarray, ids: np.ndarray,
+                               codes: np.ndarray) -> None:
+        """Symbols 1-2 of a record: target ranks (and absent targets' ids), logprob-code gaps.
+        ``ids`` and ``codes`` [T, k] are already best first."""
+        import constriction
+
+        Uniform = constriction.stream.model.Uniform
+        k = ids.shape[1]
         gaps = np.diff(codes, axis=1, prepend=0)
         gap_models, rank_model, id_model, _ = self._models
-        enc = RangeEncoder()
         # 1. the target token's rank in its row (k: not in the row, its id follows)
         ranks = rank_in_row(ids, response)
         rank_escape = len(self.rank_table) - 1
@@ -222,10 +246,6 @@ class TopKCodec:
             big = values[values >= escape]
             if big.size:
                 enc.encode(big.astype(np.int32), Uniform(self.max_code + 1))
-        # 3. ids, 4. rest codes
-        self._encode_ids(enc, ids.ravel(), id_model)
-        enc.encode(np.asarray(rest_codes, np.int32), Uniform(1 << self.rest_bits))
-        return enc.get_compressed().astype("<u4").tobytes()
 
     def decode(self, data: bytes | memoryview, length: int):
         """(response int64 [T], ids int64 [T, k], logprobs float32 [T, k], rest codes int64 [T])."""
@@ -239,32 +259,10 @@ class TopKCodec:
         if length == 0:
             empty = np.zeros((0, k), np.int64)
             return np.zeros(0, np.int64), empty, empty.astype(np.float32), np.zeros(0, np.int64)
-        gap_models, rank_model, id_model, _ = self._models
         try:
             dec = RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
-            rank_escape = len(self.rank_table) - 1
-            ranks = dec.decode(rank_model, length).astype(np.int64)
-            escaped = ranks == rank_escape
-            if escaped.any() and k + 1 - rank_escape > 1:
-                ranks[escaped] += dec.decode(Uniform(k + 1 - rank_escape), int(escaped.sum()))
-            if ranks.size and ranks.max() > k:
-                raise CodingError(f"decoded target rank {ranks.max()} > k={k}")
-            absent = ranks == k
-            absent_ids = self._decode_ids(dec, int(absent.sum()), id_model) if absent.any() else None
-            context = self.slot_context()
-            gaps = np.zeros((length, k), np.int64)
-            for c, model in enumerate(gap_models):
-                columns = context == c
-                count = length * int(columns.sum())
-                if not count:
-                    continue
-                values = dec.decode(model, count).astype(np.int64)
-                escape = len(self.gap_tables[c]) - 1
-                big = values == escape
-                if big.any():
-                    values[big] = dec.decode(Uniform(self.max_code + 1), int(big.sum()))
-                gaps[:, columns] = values.reshape(length, -1)
-            ids = self._decode_ids(dec, length * k, id_model).reshape(length, k)
+            ranks, absent_ids, gaps = self._decode_ranks_and_gaps(dec, length)
+            ids = self._decode_ids(dec, length * k, self._models[2]).reshape(length, k)
             rest = dec.decode(Uniform(1 << self.rest_bits), length).astype(np.int64)
             if not dec.maybe_exhausted():
                 raise CodingError("coded block has data after its last symbol")
@@ -272,9 +270,47 @@ class TopKCodec:
             raise
         except (ValueError, RuntimeError, AssertionError, IndexError, OverflowError) as err:
             raise CodingError(f"coded block does not decode ({err})") from None
+        return self._finish(ranks, absent_ids, gaps, ids, rest)
+
+    def _decode_ranks_and_gaps(self, dec, length: int):
+        """Inverse of ``_encode_ranks_and_gaps``: (ranks [T], absent targets' ids or None,
+        gaps [T, k]); raises CodingError or the decoder's own errors."""
+        import constriction
+
+        Uniform = constriction.stream.model.Uniform
+        k = self.k
+        gap_models, rank_model, id_model, _ = self._models
+        rank_escape = len(self.rank_table) - 1
+        ranks = dec.decode(rank_model, length).astype(np.int64)
+        escaped = ranks == rank_escape
+        if escaped.any() and k + 1 - rank_escape > 1:
+            ranks[escaped] += dec.decode(Uniform(k + 1 - rank_escape), int(escaped.sum()))
+        if ranks.size and ranks.max() > k:
+            raise CodingError(f"decoded target rank {ranks.max()} > k={k}")
+        absent = ranks == k
+        absent_ids = self._decode_ids(dec, int(absent.sum()), id_model) if absent.any() else None
+        context = self.slot_context()
+        gaps = np.zeros((length, k), np.int64)
+        for c, model in enumerate(gap_models):
+            columns = context == c
+            count = length * int(columns.sum())
+            if not count:
+                continue
+            values = dec.decode(model, count).astype(np.int64)
+            escape = len(self.gap_tables[c]) - 1
+            big = values == escape
+            if big.any():
+                values[big] = dec.decode(Uniform(self.max_code + 1), int(big.sum()))
+            gaps[:, columns] = values.reshape(length, -1)
+        return ranks, absent_ids, gaps
+
+    def _finish(self, ranks, absent_ids, gaps, ids, rest):
+        """(response, ids, logprobs, rest) from decoded parts; checks the codes' range."""
         codes = np.cumsum(gaps, axis=1)
         if codes.size and codes[:, -1].max() > self.max_code:
             raise CodingError("decoded logprob codes exceed the floor (corrupted block)")
+        length = len(ranks)
+        absent = ranks == self.k
         response = np.empty(length, np.int64)
         rows = np.arange(length)
         present = ~absent

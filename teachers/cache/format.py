@@ -2,10 +2,10 @@
 
 Why a format of our own: a top-k row per target token for a million samples is large, and the
 trainer reads one sample at a time by id. Version 3 range-codes each record's top-k block
-(coding.py: about 2.2 B per top-k entry on real rows at k=64); versions 1 and 2 bit-packed it
-at fixed width (ceil(log2 V) bits per id, 12-bit logprobs: 3.6 B per entry at V=128256) and
-stay readable. A per-record layout with an index lets a reader seek straight to one sample.
-See README.md here.
+(coding.py, refcoding.py: about 2.1 B per top-k entry on real rows at k=64); versions 1 and 2
+bit-packed it at fixed width (ceil(log2 V) bits per id, 12-bit logprobs: 3.6 B per entry at
+V=128256) and stay readable. A per-record layout with an index lets a reader seek straight to
+one sample. See README.md here.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import NamedTuple
 import numpy as np
 
 from distill.errors import DistillError
-from teachers.cache.coding import DEFAULT_CODEC, CodingError, TopKCodec
+from teachers.cache.coding import CodingError, TopKCodec
+from teachers.cache.refcoding import default_topk_coding
 
 FORMAT_NAME = "distill-teacher-cache"
 # 2 added a rest block per record (the mass outside the top-k); 3 range-codes the top-k block
@@ -91,12 +92,16 @@ class CacheMeta:
     logprob_floor: float = LOGPROB_FLOOR
     format: str = FORMAT_NAME
     version: int = FORMAT_VERSION
-    # version 3: the top-k block's models (coding.py); {} in versions 1-2
-    topk_coding: dict = dataclasses.field(default_factory=lambda: json.loads(json.dumps(DEFAULT_CODEC)))
+    # version 3: the top-k block's codec and models (its "name": "range-ref-1", refcoding.py,
+    # for new caches, defaults by k: default_topk_coding; "range-zipf-1", coding.py, in caches
+    # begun before it); {} in versions 1-2
+    topk_coding: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.version < 3 and self.topk_coding:
             object.__setattr__(self, "topk_coding", {})
+        elif self.version >= 3 and not self.topk_coding:
+            object.__setattr__(self, "topk_coding", default_topk_coding(self.k))
 
     @property
     def id_bits(self) -> int:
@@ -124,6 +129,7 @@ class CacheMeta:
         return self.topk_codec.step / 2 if self.version >= 3 else self.codec.max_error
 
     def to_json(self) -> str:
+        # students/card.py's cache_meta_digest re-creates this text from the fields: keep both
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -148,7 +154,7 @@ class CacheMeta:
         required = {f.name for f in dataclasses.fields(cls)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         missing = sorted(required - set(data))
-        if data["version"] >= 3 and "topk_coding" not in data:
+        if data["version"] >= 3 and not data.get("topk_coding"):
             missing.append("topk_coding")
         if missing:
             raise CacheFormatError(f"meta record lacks required fields: {', '.join(missing)}")

@@ -143,6 +143,7 @@ class CacheStats:
     teacher: str
     version: int = 3
     logprob_step: float | None = None  # version 3: the top-k logprobs' rounding step
+    codec: str | None = None  # version 3: the top-k block's codec (meta topk_coding.name)
 
     @property
     def entries(self) -> int:
@@ -164,8 +165,8 @@ class CacheStats:
 
     def lines(self) -> list[str]:
         if self.payload_bytes_per_entry is None:
-            coding = (f"range-coded ids and logprobs at a {self.logprob_step:g}-nat step, format "
-                      f"version {self.version}")
+            coding = (f"range-coded ids and logprobs at a {self.logprob_step:g}-nat step, codec "
+                      f"{self.codec}, format version {self.version}")
         else:
             coding = (f"{self.id_bits}-bit ids, {self.logprob_bits}-bit logprobs = "
                       f"{self.payload_bytes_per_entry:.3f} B/entry, format version {self.version}")
@@ -204,4 +205,5 @@ def cache_stats(directory: str | os.PathLike) -> CacheStats:
         data_bytes=data_bytes, index_bytes=index_bytes, id_bits=meta.id_bits,
         logprob_bits=meta.logprob_bits, mode=meta.mode, teacher=meta.teacher, version=meta.version,
         logprob_step=meta.topk_codec.step if meta.version >= 3 else None,
+        codec=meta.topk_coding.get("name") if meta.version >= 3 else None,
     )
