@@ -1,0 +1,86 @@
+"""benchmarks/learning_audio.py: the teacher-signal diagnostics on a tiny hand-built cache,
+against values computed by hand from the probabilities written; the arm comparison."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from teachers.cache import CachedSample, CacheMeta, CacheWriter, open_cache
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("learning_audio",
+                                                  ROOT / "benchmarks" / "learning_audio.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sample(targets, ids, probs, rests) -> CachedSample:
+    return CachedSample(np.array(targets, dtype=np.int64), np.array(ids, dtype=np.int64),
+                        np.log(np.array(probs, dtype=np.float32)), None, "text",
+                        np.log(np.array(rests, dtype=np.float32)))
+
+
+def entropy(probs, temperature=1.0):
+    weights = [p ** (1 / temperature) for p in probs]
+    total = sum(weights)
+    return -sum(w / total * math.log(w / total) for w in weights)
+
+
+def test_teacher_signal_on_a_hand_built_cache(tmp_path):
+    meta = CacheMeta(teacher="t", teacher_revision=None, tokenizer_fingerprint="fp",
+                     target_tokenizer_fingerprint="fp", mode="score", k=3,
+                     logprob_mode="raw_logprobs", temperature=1.0, prompt_template_hash="h",
+                     vocab_size=16)
+    rows_a = [[0.7, 0.2, 0.05], [0.5, 0.3, 0.1]]
+    with CacheWriter(tmp_path, meta) as writer:
+        # asr: target 5 is the top-1 of row 0; target 9 is third in row 1
+        writer.add("a", sample([5, 9], [[5, 3, 7], [2, 5, 9]], rows_a, [0.05, 0.1]))
+        # audiocaption: target 4 is outside the top-3; the rest (0.05) bounds its probability
+        writer.add("b", sample([4], [[1, 2, 3]], [[0.6, 0.3, 0.05]], [0.05]))
+    records = [("a", "asr"), ("b", "audiocaption"), ("c", "audiocaption")]  # c: not cached
+    with open_cache(tmp_path) as cache:
+        tol = cache.meta.max_logprob_error + 1e-3
+        signal = load_bench().teacher_signal(cache, records, temperature=2.0)
+
+    asr, aac = signal["asr"], signal["audiocaption"]
+    assert (asr["samples"], asr["rows"], asr["missing"]) == (1, 2, 0)
+    assert asr["target"] == "reference"
+    assert asr["in_topk"] == 1.0 and asr["top1_is_target"] == 0.5
+    assert asr["nll"] == pytest.approx(-(math.log(0.7) + math.log(0.1)) / 2, abs=tol)
+    assert asr["top1_prob"] == pytest.approx((0.7 + 0.5) / 2, abs=tol)
+    assert asr["entropy"] == pytest.approx(sum(map(entropy, rows_a)) / 2, abs=tol)
+    assert asr["entropy_at_t"] == pytest.approx(
+        sum(entropy(r, 2.0) for r in rows_a) / 2, abs=tol)
+    assert asr["rest_mass"] == pytest.approx((0.05 + 0.1) / 2, abs=1e-3)
+    first, middle, end = (asr["positions"][p] for p in ("first", "middle", "end"))
+    assert (first["rows"], middle["rows"], end["rows"]) == (1, 0, 1)
+    assert first["top1_is_target"] == 1.0 and end["top1_is_target"] == 0.0
+    assert first["nll"] == pytest.approx(-math.log(0.7), abs=tol)
+    assert end["nll"] == pytest.approx(-math.log(0.1), abs=tol)
+    assert asr["disagreements"] == [["end", 9, 2, 1]]  # target 9, the teacher's top-1 is 2
+
+    assert (aac["samples"], aac["rows"], aac["missing"]) == (1, 1, 1)
+    assert aac["in_topk"] == 0.0 and aac["top1_is_target"] == 0.0
+    assert aac["nll"] == pytest.approx(-math.log(0.05), abs=tol)  # the bound: min(p_k, rest)
+    assert aac["top1_prob"] == pytest.approx(0.6, abs=tol)
+    assert aac["positions"]["end"]["rows"] == 1  # a one-row answer: its row is the end token
+    assert aac["disagreements"] == [["end", 4, 1, 1]]
+
+
+def test_compare_arms_names_the_first_difference():
+    compare = load_bench().compare_arms
+    step = {"step": 1, "samples": [["x", "y"]], "inputs": "d1", "rng": "r1"}
+    kd = {"init_digest": "w", "steps": [step, {**step, "step": 2}]}
+    assert compare({"kd": kd, "ce": kd}) == ""
+    ce = {"init_digest": "w", "steps": [step, {**step, "step": 2, "samples": [["y", "x"]]}]}
+    assert compare({"kd": kd, "ce": ce}).startswith("step 2: samples differ")
+    assert "initial trainable weights" in compare({"kd": kd, "ce": {**kd, "init_digest": "v"}})
