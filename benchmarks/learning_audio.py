@@ -449,7 +449,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--eval-clips", type=int, default=None,
                         help="score only the first K clips of each eval set (default: all)")
     parser.add_argument("--out", default="runs/bench_learning_audio",
-                        help="scratch folder for both arms and the results")
+                        help="scratch folder for both arms and the results (emptied first; "
+                             "a non-empty folder this benchmark did not write is refused)")
     parser.add_argument("--device", default=None,
                         help="evaluation device (default: cuda when available, else the CPU)")
     return parser.parse_args(argv)
@@ -550,6 +551,7 @@ def run(args, argv: list[str]) -> int:
           f"{', '.join(s.name for s in recipe.eval.sets)}; KD arm: {recipes['kd'].loss.divergence}"
           f", kd_weight {recipes['kd'].loss.kd_weight:g}, T {temperature:g}", flush=True)
 
+    prepare_out(out)
     with open_cache(recipe.data.soft_targets) as cache:
         records = []
         for spec in recipe.data.train:
@@ -567,7 +569,6 @@ def run(args, argv: list[str]) -> int:
     print(f"\nteacher signal over the training samples ({recipe.data.soft_targets}):\n"
           f"{signal_text}\n", flush=True)
 
-    prepare_out(out)
     arms = {}
     for arm in ARMS:  # sequential: both share the machine's cores
         save_at = eval_at if arm == "kd" else [s for s in eval_at if s > 0]
@@ -610,7 +611,9 @@ def run(args, argv: list[str]) -> int:
             _write_json(out / "results.json", summary)
             print(f"step {step} {row['label']}: " + ", ".join(
                 f"{n} {_fmt(s['value'], 3)} (NLL {s['nll']:.4f})"
-                for n, s in scores["sets"].items()) + f" [{row['eval_seconds']:.0f} s]",
+                for n, s in scores["sets"].items())
+                + f"; distinct answers {'/'.join(str(s['distinct_answers']) for s in scores['sets'].values())}"
+                f" [{row['eval_seconds']:.0f} s]",
                 flush=True)
 
     table = results_table(evaluated, set_names)
@@ -619,12 +622,18 @@ def run(args, argv: list[str]) -> int:
             "the previous row (the CE-only arm computes KD without training on it). "
             "NLL: nats per reference answer token. Clips per set: "
             + ", ".join(f"{n} {evaluated[-1]['sets'][n]['clips']}" for n in set_names) + ".")
-    markdown = (f"{command}\n\n{signal_text}\n\n{table}\n\n{note}\n\n"
+    load = os.getloadavg()
+    when = (f"run {summary['started']} to {time.strftime('%Y-%m-%d %H:%M:%S %Z')} on "
+            f"{device or 'cpu'}; load average at the start {summary['load_average'][0]:.2f}, "
+            f"at the end {load[0]:.2f} (1 min); training "
+            + ", ".join(f"{a} {arms[a]['train_seconds'] / steps:.2f} s/step" for a in ARMS))
+    summary["load_average_end"] = load
+    markdown = (f"{command}\n\n{when}\n\n{signal_text}\n\n{table}\n\n{note}\n\n"
                 + "\n".join(words) + "\n")
     _write_text(out / "results.md", markdown)
     summary["verdict"] = words
     _write_json(out / "results.json", summary)
-    print(f"\n{table}\n\n{note}\n" + "\n".join(words))
+    print(f"\n{when}\n\n{table}\n\n{note}\n" + "\n".join(words))
     print(f"\nresults: {out / 'results.md'} and {out / 'results.json'}")
     return 0
 

@@ -84,3 +84,24 @@ def test_compare_arms_names_the_first_difference():
     ce = {"init_digest": "w", "steps": [step, {**step, "step": 2, "samples": [["y", "x"]]}]}
     assert compare({"kd": kd, "ce": ce}).startswith("step 2: samples differ")
     assert "initial trainable weights" in compare({"kd": kd, "ce": {**kd, "init_digest": "v"}})
+
+
+def test_arm_recipes_differ_only_in_the_kd_weight(tmp_path):
+    from distill.config import load_recipe
+
+    bench = load_bench()
+    recipe = load_recipe(ROOT / "recipes" / "demo.yaml")
+    args = bench.parse_args(["--kd-weight", "0.5", "--temperature", "2"])
+    kd, ce = (bench.arm_recipe(recipe, arm, args, 60, tmp_path) for arm in ("kd", "ce"))
+    assert (kd.loss.kd_weight, ce.loss.kd_weight) == (0.5, 0.0)
+    assert kd.loss.temperature == ce.loss.temperature == 2.0
+    assert (kd.train.output_dir, ce.train.output_dir) == (str(tmp_path / "kd"), str(tmp_path / "ce"))
+    assert kd.train.max_steps == 60 and not kd.data.valid and not kd.train.report_to
+    same = {"loss", "train"}
+    assert kd.model_dump(exclude=same) == ce.model_dump(exclude=same)
+    assert kd.train.model_dump(exclude={"output_dir"}) == ce.train.model_dump(exclude={"output_dir"})
+    assert recipe.train.output_dir == "runs/demo/student"  # the recipe itself is untouched
+    with pytest.raises(bench.BenchError, match="llm_start_step"):  # the demo's is 20
+        bench.arm_recipe(recipe, "kd", args, 12, tmp_path)
+    assert bench._steps(bench.parse_args(["--steps", "90"]), recipe) == (90, [30, 60, 90])
+    assert bench._steps(bench.parse_args(["--eval-at", "0,50"]), recipe) == (50, [0, 50])
