@@ -22,8 +22,13 @@ in nats per answer token of the reference answers, on the same clips (``--eval-c
 first K of each set). Before training it prints, once, what the teacher's cached rows hold for
 the training samples (``teacher_signal``): how often the reference token is in the top-k and is
 the top-1, the teacher's NLL of it, its top-1 probability and the entropy of its normalised top-k,
-per task. A teacher that puts nearly all its mass on the reference token gives KD little more
-than a second CE.
+per task and per answer position (first token, end token, the others), and the most frequent
+tokens where the teacher's top-1 is not the reference. With forward KL at T = 1 it adds where
+CE + KD pulls a student that could fit anything (per row (ce y + kd p) / (ce + kd)): the
+reference's NLL there, which the KD arm's held-out NLL cannot go below while CE's can reach 0,
+and how often greedy decoding would leave the reference there. A teacher that puts nearly all
+its mass on the reference token gives KD little more than a second CE; one that prefers other
+tokens (capitals, punctuation, not ending) pulls the student from the references it is scored on.
 
 Outputs go to ``--out`` (default ``runs/bench_learning_audio``; a folder this benchmark did not
 write is refused): ``<arm>/`` the trainer's output (checkpoints, train_log.jsonl), ``<arm>.json``
@@ -59,7 +64,8 @@ class BenchError(RuntimeError):
 POSITIONS = ("first", "middle", "end")  # an answer's first row, its end-token row, the others
 
 
-def teacher_signal(cache, records, temperature: float = 1.0, top: int = 5) -> dict[str, dict]:
+def teacher_signal(cache, records, temperature: float = 1.0, top: int = 5,
+                   weights: tuple[float, float] | None = None) -> dict[str, dict]:
     """What the cached teacher rows tell the student, per task, over ``records``.
 
     ``cache``: an open ``teachers.cache.TeacherCache`` (its ``get`` and ``meta``); ``records``:
@@ -77,6 +83,14 @@ def teacher_signal(cache, records, temperature: float = 1.0, top: int = 5) -> di
     and ``top1_prob`` of the answers' first rows, last rows (the end token) and the others;
     ``disagreements``: the ``top`` most frequent (position, target id, teacher's top-1 id,
     rows) where the two differ.
+
+    ``weights`` = (ce_weight, kd_weight) of a forward-KL loss at T = 1 adds, per task and
+    position, where CE + KD pulls a student that could fit anything: its optimum per row is
+    q = (ce y + kd p) / (ce + kd) (y the one-hot target, p the teacher), so ``optimum_nll`` is
+    the reference's NLL there (0 for CE alone; a lower bound where the target is outside the
+    top-k) and ``optimum_flips`` the share of rows whose most likely token there is the
+    teacher's top-1 instead of the target (kd p_top1 > ce + kd p_target), i.e. where greedy
+    decoding would leave the reference.
     """
     sums: dict[str, dict] = {}
     for sample_id, task in records:
@@ -87,7 +101,8 @@ def teacher_signal(cache, records, temperature: float = 1.0, top: int = 5) -> di
                                 **{k: 0.0 for k in ("in_topk", "top1_is_target", "nll",
                                                     "top1_prob", "entropy", "entropy_at_t")},
                                 "positions": {p: {"rows": 0, "top1_is_target": 0.0, "nll": 0.0,
-                                                  "top1_prob": 0.0} for p in POSITIONS}}
+                                                  "top1_prob": 0.0, "optimum_nll": 0.0,
+                                                  "optimum_flips": 0.0} for p in POSITIONS}}
         if sample_id not in cache:
             acc["missing"] += 1
             continue
@@ -105,6 +120,11 @@ def teacher_signal(cache, records, temperature: float = 1.0, top: int = 5) -> di
             acc["rest_rows"] += len(target)
         nll = -np.where(found, np.where(hit, lp, -np.inf).max(1), bound)
         top1 = ids[:, 0] == target
+        if weights is not None:  # the CE + KD optimum q = (ce y + kd p) / (ce + kd), per row
+            ce_w, kd_w = weights
+            p_target = np.exp(-nll)
+            optimum_nll = -np.log((ce_w + kd_w * p_target) / (ce_w + kd_w))
+            flips = ~top1 & (kd_w * np.exp(lp[:, 0]) > ce_w + kd_w * p_target)
         acc["samples"] += 1
         acc["rows"] += len(target)
         acc["in_topk"] += float(found.sum())
@@ -120,6 +140,9 @@ def teacher_signal(cache, records, temperature: float = 1.0, top: int = 5) -> di
             pos["top1_is_target"] += float(top1[t])
             pos["nll"] += float(nll[t])
             pos["top1_prob"] += float(np.exp(lp[t, 0]))
+            if weights is not None:
+                pos["optimum_nll"] += float(optimum_nll[t])
+                pos["optimum_flips"] += float(flips[t])
             if not top1[t]:
                 key = (where, int(target[t]), int(ids[t, 0]))
                 acc["disagree"][key] = acc["disagree"].get(key, 0) + 1
@@ -130,8 +153,9 @@ def teacher_signal(cache, records, temperature: float = 1.0, top: int = 5) -> di
         positions = {}
         for where, pos in acc["positions"].items():
             n = max(pos["rows"], 1)
-            positions[where] = {"rows": pos["rows"],
-                                **{k: pos[k] / n for k in ("top1_is_target", "nll", "top1_prob")}}
+            names = ("top1_is_target", "nll", "top1_prob") + (
+                ("optimum_nll", "optimum_flips") if weights is not None else ())
+            positions[where] = {"rows": pos["rows"], **{k: pos[k] / n for k in names}}
         disagreements = sorted(acc["disagree"].items(), key=lambda kv: (-kv[1], kv[0]))[:top]
         out[task] = {
             "target": "reference" if mode_for is None or mode_for(task) == "score"
@@ -140,7 +164,9 @@ def teacher_signal(cache, records, temperature: float = 1.0, top: int = 5) -> di
             **{k: acc[k] / rows for k in ("in_topk", "top1_is_target", "nll", "top1_prob",
                                           "entropy", "entropy_at_t")},
             "rest_mass": acc["rest_mass"] / acc["rest_rows"] if acc["rest_rows"] else None,
-            "temperature": temperature, "positions": positions,
+            "temperature": temperature, "positions": positions, "weights": weights,
+            **({"optimum_nll": sum(positions[w]["optimum_nll"] * positions[w]["rows"]
+                                   for w in POSITIONS) / rows} if weights is not None else {}),
             "disagreements": [[*key, count] for key, count in disagreements],
         }
     return out
@@ -170,13 +196,27 @@ def signal_table(signal: dict[str, dict], k: int, decode=None) -> str:
                      f"{s['in_topk']:.1%} | {s['top1_is_target']:.1%} | {nll} | "
                      f"{s['top1_prob']:.4f} | {s['entropy']:.4f} | {s['entropy_at_t']:.4f} | "
                      f"{rest} |")
+    weights = next(iter(signal.values()))["weights"] if signal else None
+    optimum = ("" if weights is None else
+               f" NLL at the CE x {weights[0]:g} + KD x {weights[1]:g} optimum | greedy "
+               "leaves the target there |")
     lines += ["", "| task | answer rows | rows | target is top-1 | teacher NLL (bound) | "
-              "top-1 prob |", "|---|---|---:|---:|---:|---:|"]
+              "top-1 prob |" + optimum,
+              "|---|---|---:|---:|---:|---:|" + ("" if weights is None else "---:|---:|")]
     for task, s in signal.items():
         for where, pos in s["positions"].items():
             label = {"end": "last (end token)"}.get(where, where)
+            extra = ("" if weights is None else
+                     f" {pos['optimum_nll']:.4f} | {pos['optimum_flips']:.1%} |")
             lines.append(f"| {task} | {label} | {pos['rows']} | {pos['top1_is_target']:.1%} | "
-                         f"{pos['nll']:.4f} | {pos['top1_prob']:.4f} |")
+                         f"{pos['nll']:.4f} | {pos['top1_prob']:.4f} |" + extra)
+
+    if weights is not None:
+        lines.append(f"\nOptimum columns: a student that fits CE x {weights[0]:g} + forward KL x "
+                     f"{weights[1]:g} (T = 1) exactly predicts (ce y + kd p) / (ce + kd) per row "
+                     "(y the reference token, p the teacher): the reference's NLL there (CE "
+                     "alone: 0) and the share of rows where its most likely token is the "
+                     "teacher's top-1, not the reference.")
 
     def show(token: int) -> str:
         return repr(decode(token)) if decode is not None else str(token)
@@ -557,7 +597,11 @@ def run(args, argv: list[str]) -> int:
         for spec in recipe.data.train:
             manifest = load_manifest(spec.path, check_audio=False)
             records += list(zip(manifest["id"], manifest["task"], strict=True))
-        signal = teacher_signal(cache, records, temperature)
+        kd_loss = recipes["kd"].loss
+        exact = (kd_loss.divergence == "forward_kl" and temperature == 1.0  # q* in closed form
+                 and kd_loss.kd_weight_schedule is None)
+        signal = teacher_signal(cache, records, temperature,
+                                weights=(kd_loss.ce_weight, kd_loss.kd_weight) if exact else None)
         k = cache.meta.k
         decode = None
         if not cache.meta.teacher_tokens:  # rows in the student's ids

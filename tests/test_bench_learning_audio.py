@@ -76,6 +76,30 @@ def test_teacher_signal_on_a_hand_built_cache(tmp_path):
     assert aac["disagreements"] == [["end", 4, 1, 1]]
 
 
+def test_the_ce_plus_kd_optimum_per_position(tmp_path):
+    meta = CacheMeta(teacher="t", teacher_revision=None, tokenizer_fingerprint="fp",
+                     target_tokenizer_fingerprint="fp", mode="score", k=3,
+                     logprob_mode="raw_logprobs", temperature=1.0, prompt_template_hash="h",
+                     vocab_size=16)
+    with CacheWriter(tmp_path, meta) as writer:
+        writer.add("a", sample([5, 9], [[5, 3, 7], [2, 5, 9]],
+                               [[0.7, 0.2, 0.05], [0.5, 0.3, 0.1]], [0.05, 0.1]))
+    bench = load_bench()
+    with open_cache(tmp_path) as cache:
+        tol = cache.meta.max_logprob_error + 1e-3
+        even = bench.teacher_signal(cache, [("a", "asr")], weights=(1.0, 1.0))["asr"]
+        heavy = bench.teacher_signal(cache, [("a", "asr")], weights=(1.0, 4.0))["asr"]
+    first, end = even["positions"]["first"], even["positions"]["end"]
+    # q(target) = (1 + p) / 2: 0.85 on the first row, 0.55 on the end row
+    assert first["optimum_nll"] == pytest.approx(-math.log(0.85), abs=tol)
+    assert end["optimum_nll"] == pytest.approx(-math.log(0.55), abs=tol)
+    # kd 1: 0.5 (teacher's top-1) < 1 + 0.1: the target stays the most likely; kd 4: 2.0 > 1.4
+    assert end["optimum_flips"] == 0.0 and heavy["positions"]["end"]["optimum_flips"] == 1.0
+    assert heavy["positions"]["end"]["optimum_nll"] == pytest.approx(-math.log(1.4 / 5), abs=tol)
+    assert heavy["positions"]["first"]["optimum_flips"] == 0.0  # the target is the top-1
+    assert even["optimum_nll"] == pytest.approx(-(math.log(0.85) + math.log(0.55)) / 2, abs=tol)
+
+
 def test_compare_arms_names_the_first_difference():
     compare = load_bench().compare_arms
     step = {"step": 1, "samples": [["x", "y"]], "inputs": "d1", "rng": "r1"}
