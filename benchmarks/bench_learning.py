@@ -17,8 +17,20 @@ by the student; the teacher's top-k rows are aligned by characters (distill.data
 mode auto): exact-map rows go through forward KL (bucket tail), other rows through ULD. NLL is
 then per student token.
 
+``--audio`` (benchmarks/learning_audio.py): the same question on the real student and its real
+data. Two SALMONN students are trained by the toolkit's trainer from one recipe (default
+recipes/demo.yaml: the demo's clips, teacher cache, Whisper encoder and SmolLM2), one with the
+recipe's CE + KD and one with CE only (loss.kd_weight 0), from the same initial weights on the
+same batches (sample ids, input tensors and RNG state are recorded per step and compared; the
+run fails if they differ). At each --eval-at step both checkpoints are scored by the
+evaluation's code (WER, CIDEr-D) and by held-out NLL (nats per reference answer token), in one
+table; the teacher cache's signal (target in top-k, top-1, NLL, entropy per task) is printed
+first, to tell why KD helps or not. Needs `distill demo`'s outputs (or the recipe's own).
+
     python benchmarks/bench_learning.py            # about 5 minutes on 2 CPU cores
     python benchmarks/bench_learning.py --cross-tokenizer
+    python benchmarks/bench_learning.py --audio --eval-at 100,200,300 --eval-clips 64
+    python benchmarks/bench_learning.py --audio --help   # its flags: recipe, kd weight, T, out
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import sys
 import time
 
 import torch
@@ -244,7 +257,13 @@ def train_cross(student, train_set, heldout, *, kd_weight: float, steps: int, ba
 
 
 def main() -> None:
+    if "--audio" in sys.argv[1:]:  # its own flags (benchmarks/learning_audio.py)
+        from learning_audio import main as audio_main
+
+        raise SystemExit(audio_main([a for a in sys.argv[1:] if a != "--audio"]))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--audio", action="store_true",
+                        help="the real student on the recipe's audio (--audio --help: its flags)")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-4)
