@@ -591,6 +591,7 @@ def run(args, argv: list[str]) -> int:
           f"{', '.join(s.name for s in recipe.eval.sets)}; KD arm: {recipes['kd'].loss.divergence}"
           f", kd_weight {recipes['kd'].loss.kd_weight:g}, T {temperature:g}", flush=True)
 
+    started, load_at_start = time.strftime("%Y-%m-%d %H:%M:%S %Z"), os.getloadavg()
     prepare_out(out)
     with open_cache(recipe.data.soft_targets) as cache:
         records = []
@@ -630,8 +631,8 @@ def run(args, argv: list[str]) -> int:
     set_names = [s.name for s in recipe.eval.sets]
     summary = {"command": command, "recipe": args.recipe, "steps": steps, "eval_at": eval_at,
                "eval_clips": args.eval_clips, "batch_size": recipe.train.batch_size,
-               "seed": recipe.train.seed, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-               "load_average": os.getloadavg(), "teacher_signal": signal,
+               "seed": recipe.train.seed, "started": started,
+               "load_average": load_at_start, "teacher_signal": signal,
                "identical": {"init_digest": arms["kd"]["init_digest"], "steps": steps},
                "arms": {a: {"label": ARMS[a], "loss": arms[a]["loss"],
                             "train_seconds": arms[a]["train_seconds"]} for a in ARMS},
