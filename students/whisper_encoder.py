@@ -26,13 +26,14 @@ class _EncoderOnly(WhisperEncoder):
         """[B, mels, F] -> last_hidden_state [B, F / 2, width]. F = 3000 (30 s) runs
         transformers' own forward; a shorter even F runs the same layers with the first F / 2
         positional embeddings (``model.whisper.pad_to_30s: false``), which transformers refuses."""
-        if input_features.shape[-1] == self.full_input_frames:
+        if input_features.shape[-1] == full_input_frames(self):
             return super().forward(input_features, attention_mask, **kwargs)
         return encode_any_length(self, input_features)
 
-    @property
-    def full_input_frames(self) -> int:
-        return self.config.max_source_positions * self.conv1.stride[0] * self.conv2.stride[0]
+
+def full_input_frames(encoder: WhisperEncoder) -> int:
+    """Mel frames of the 30 s input: 1500 positions x the two convolutions' strides (1, 2)."""
+    return encoder.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
 
 
 def encode_any_length(encoder: WhisperEncoder, features: torch.Tensor) -> BaseModelOutput:
@@ -43,8 +44,7 @@ def encode_any_length(encoder: WhisperEncoder, features: torch.Tensor) -> BaseMo
     result is that forward's (tests/students/test_whisper_input.py). Variable-length Whisper
     features are what SLAM-LLM's speech encoders use for short clips. ValueError for an odd F
     or one beyond 30 s."""
-    frames = features.shape[-1]
-    full = encoder.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
+    frames, full = features.shape[-1], full_input_frames(encoder)
     if frames > full or frames % 2:
         raise ValueError(f"Whisper takes an even number of mel frames up to {full}, got {frames}")
     hidden = nn.functional.gelu(encoder.conv1(features))

@@ -29,7 +29,7 @@ from distill.errors import DistillFailure
 
 SIZES = {
     # 1024 spoken sentences: with 128 the student learned them by heart and answered new ones
-    # with the nearest it knew (BENCHMARKS.md, "Demo: teaching the student to listen").
+    # with the nearest it knew (BENCHMARKS.md, "Demo: the student hears the words").
     "standard": DemoSizes(speech_train=1024, speech_test=64, sounds_train=256, sounds_test=64),
     "smoke": DemoSizes(speech_train=6, speech_test=3, sounds_train=6, sounds_test=3),
 }
