@@ -33,7 +33,7 @@ class WhisperEncoderConfig(Strict):
     # cut after its last Q-Former window and encoded alone with the first positional embeddings
     # (variable-length Whisper features, as SLAM-LLM's encoders): a 3 s clip costs about a tenth
     # of 30 s, and its features differ from the padded ones (docs/reference.md §1: mean cosine
-    # 0.95 on speech, 0.9 on sounds), so train and evaluate a student one way. Needs
+    # 0.96 on speech, 0.91 on sounds), so train and evaluate a student one way. Needs
     # qformer.audio_tokens: clip.
     pad_to_30s: bool = True
 
