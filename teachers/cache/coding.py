@@ -200,18 +200,24 @@ class TopKCodec:
         length, k = ids.shape
         if length == 0:
             return b""
-        codes = self.quantise(logprobs)
-        order = np.argsort(codes, axis=1, kind="stable")  # best first; ties keep their order
-        codes = np.take_along_axis(codes, order, 1)
-        ids = np.take_along_axis(np.asarray(ids, np.int64), order, 1)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise ValueError(f"top-k ids must lie in [0, {self.vocab_size})")
+        ids, codes = self._best_first(ids, logprobs)
         enc = RangeEncoder()
         self._encode_ranks_and_gaps(enc, np.asarray(response, np.int64), ids, codes)
         # 3. ids, 4. rest codes
         self._encode_ids(enc, ids.ravel(), self._models[2])
         enc.encode(np.asarray(rest_codes, np.int32), Uniform(1 << self.rest_bits))
         return enc.get_compressed().astype("<u4").tobytes()
+
+    def _best_first(self, ids: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, quantised codes) [T, k], each row sorted best first (ties keep their order);
+        ValueError for an id outside the vocabulary."""
+        codes = self.quantise(logprobs)
+        order = np.argsort(codes, axis=1, kind="stable")  # best first; ties keep their order
+        codes = np.take_along_axis(codes, order, 1)
+        ids = np.take_along_axis(np.asarray(ids, np.int64), order, 1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise ValueError(f"top-k ids must lie in [0, {self.vocab_size})")
+        return ids, codes
 
     def _encode_ranks_and_gaps(self, enc, response: np.ndarray, ids: np.ndarray,
                                codes: np.ndarray) -> None:

@@ -259,12 +259,7 @@ class RefTopKCodec(TopKCodec):
         length, k = ids.shape
         if length == 0:
             return b""
-        codes = self.quantise(logprobs)
-        order = np.argsort(codes, axis=1, kind="stable")  # best first; ties keep their order
-        codes = np.take_along_axis(codes, order, 1)
-        ids = np.take_along_axis(np.asarray(ids, np.int64), order, 1)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise ValueError(f"top-k ids must lie in [0, {self.vocab_size})")
+        ids, codes = self._best_first(ids, logprobs)
         enc = constriction.stream.queue.RangeEncoder()
         self._encode_ranks_and_gaps(enc, np.asarray(response, np.int64), ids, codes)
         back, earlier_rank = references(ids)
