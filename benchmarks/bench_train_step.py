@@ -11,7 +11,10 @@ are timed by module hooks, so they are exactly the modules the student calls.
 can be timed in one run, one after the other, on the same load:
 
     python benchmarks/bench_train_step.py recipes/demo.yaml --steps 8 \\
-        --compare model.qformer.audio_tokens=padded model.qformer.audio_tokens=clip
+        --compare model.qformer.audio_tokens=all model.qformer.audio_tokens=clip
+
+accelerate fixes the mixed precision once per process, so configurations that differ in
+``train.precision`` are refused: time each precision in a command of its own.
 """
 
 from __future__ import annotations
@@ -31,18 +34,33 @@ SECTIONS = ("data", "whisper", "qformer+proj", "llm_fwd", "loss", "backward", "o
 
 
 def apply_overrides(recipe, assignments: list[str]):
-    """A copy of ``recipe`` with ``a.b.c=value`` assignments applied and validated again."""
+    """A copy of ``recipe`` with ``a.b.c=value`` assignments applied and validated again.
+
+    Raises ``ValueError`` (one line naming the assignment) for a key the recipe does not have or
+    a value its schema refuses."""
+    from pydantic import ValidationError
+
     from distill.config import Recipe
 
     data = recipe.model_dump()
     for assignment in assignments:
-        key, _, value = assignment.partition("=")
+        key, sep, value = assignment.partition("=")
         node = data
         *path, last = key.split(".")
         for part in path:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"{assignment}: the recipe has no section {key}")
             node = node[part]
+        if not sep or last not in node:
+            raise ValueError(f"{assignment}: expected KEY=VALUE with a recipe key, e.g. "
+                             "train.batch_size=8")
         node[last] = yaml.safe_load(value)
-    return Recipe.model_validate(data)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ValueError(f"{' '.join(assignments)}: {where}: {first['msg']}") from None
 
 
 class Timer:
@@ -156,12 +174,19 @@ def main(argv=None) -> None:
                         help="configurations to time one after the other (comma-separated "
                              "overrides each); default: the recipe as it is")
     args = parser.parse_args(argv)
-    base = apply_overrides(load_recipe(args.recipe), args.set)
     configurations = args.compare or [""]
+    try:
+        base = apply_overrides(load_recipe(args.recipe), args.set)
+        recipes = [apply_overrides(copy.deepcopy(base), [part for part in config.split(",") if part])
+                   for config in configurations]
+    except ValueError as err:
+        parser.error(str(err))
+    precisions = sorted({recipe.train.precision for recipe in recipes})
+    if len(precisions) > 1:
+        parser.error(f"--compare: train.precision differs ({', '.join(precisions)}); accelerate "
+                     "sets the mixed precision once per process: time each in its own command")
     results = []
-    for config in configurations:
-        overrides = [part for part in config.split(",") if part]
-        recipe = apply_overrides(copy.deepcopy(base), overrides)
+    for config, recipe in zip(configurations, recipes):
         print(f"timing {config or 'the recipe'} ...", file=sys.stderr, flush=True)
         results.append((config or "recipe", time_steps(recipe, args.steps, args.warmup)))
     print(render(results, "python benchmarks/bench_train_step.py " + " ".join(argv or sys.argv[1:])))

@@ -1,0 +1,47 @@
+"""benchmarks/bench_train_step.py: recipe overrides and the checks made before any timing."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from distill.config import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_train_step",
+                                                  ROOT / "benchmarks" / "bench_train_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_overrides_set_nested_values_and_leave_the_rest(bench):
+    recipe = load_recipe(ROOT / "recipes" / "demo.yaml")
+    changed = bench.apply_overrides(recipe, ["train.optimizer.lr=5.0e-4",
+                                             "model.qformer.queries_per_window=2"])
+    assert changed.train.optimizer.lr == 5.0e-4
+    assert changed.model.qformer.queries_per_window == 2
+    assert changed.train.optimizer.audio_lr == recipe.train.optimizer.audio_lr
+    assert recipe.train.optimizer.lr == 1.0e-3  # the input is not modified
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--set", "train.no_such_key=1"], "train.no_such_key=1: expected KEY=VALUE with a recipe key"),
+    (["--set", "nosection.lr=1"], "nosection.lr=1: the recipe has no section nosection.lr"),
+    (["--set", "train.batch_size=many"], "train.batch_size"),
+    (["--compare", "train.precision=fp32", "train.precision=bf16"],
+     "--compare: train.precision differs (bf16, fp32)"),
+])
+def test_bad_configurations_get_one_line_before_any_work(bench, argv, expected, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "time_steps", lambda *a: pytest.fail("timed a refused configuration"))
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([str(ROOT / "recipes" / "demo.yaml"), *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert expected in err[-1] and "Traceback" not in "\n".join(err)
