@@ -186,7 +186,7 @@ def main(argv=None) -> None:
         parser.error(f"--compare: train.precision differs ({', '.join(precisions)}); accelerate "
                      "sets the mixed precision once per process: time each in its own command")
     results = []
-    for config, recipe in zip(configurations, recipes):
+    for config, recipe in zip(configurations, recipes, strict=True):
         print(f"timing {config or 'the recipe'} ...", file=sys.stderr, flush=True)
         results.append((config or "recipe", time_steps(recipe, args.steps, args.warmup)))
     print(render(results, "python benchmarks/bench_train_step.py " + " ".join(argv or sys.argv[1:])))
