@@ -205,3 +205,21 @@ def whisper_tokenizer():
     end = "<|endoftext|>"
     return WhisperTokenizerFast(tokenizer_file=str(path), unk_token=end, bos_token=end,
                                 eos_token=end, pad_token=end)
+
+
+@pytest.fixture(scope="session")
+def benchmark_module():
+    """``benchmark_module("learning_audio")``: a script of benchmarks/ imported by file name
+    (benchmarks/ is a folder of scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -3,7 +3,6 @@ against values computed by hand from the probabilities written; the arm comparis
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -15,12 +14,9 @@ from teachers.cache import CachedSample, CacheMeta, CacheWriter, open_cache
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("learning_audio",
-                                                  ROOT / "benchmarks" / "learning_audio.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def bench(benchmark_module):
+    return benchmark_module("learning_audio")
 
 
 def sample(targets, ids, probs, rests) -> CachedSample:
@@ -35,7 +31,7 @@ def entropy(probs, temperature=1.0):
     return -sum(w / total * math.log(w / total) for w in weights)
 
 
-def test_teacher_signal_on_a_hand_built_cache(tmp_path):
+def test_teacher_signal_on_a_hand_built_cache(bench, tmp_path):
     meta = CacheMeta(teacher="t", teacher_revision=None, tokenizer_fingerprint="fp",
                      target_tokenizer_fingerprint="fp", mode="score", k=3,
                      logprob_mode="raw_logprobs", temperature=1.0, prompt_template_hash="h",
@@ -49,7 +45,7 @@ def test_teacher_signal_on_a_hand_built_cache(tmp_path):
     records = [("a", "asr"), ("b", "audiocaption"), ("c", "audiocaption")]  # c: not cached
     with open_cache(tmp_path) as cache:
         tol = cache.meta.max_logprob_error + 1e-3
-        signal = load_bench().teacher_signal(cache, records, temperature=2.0)
+        signal = bench.teacher_signal(cache, records, temperature=2.0)
 
     asr, aac = signal["asr"], signal["audiocaption"]
     assert (asr["samples"], asr["rows"], asr["missing"]) == (1, 2, 0)
@@ -76,7 +72,7 @@ def test_teacher_signal_on_a_hand_built_cache(tmp_path):
     assert aac["disagreements"] == [["end", 4, 1, 1]]
 
 
-def test_the_ce_plus_kd_optimum_per_position(tmp_path):
+def test_the_ce_plus_kd_optimum_per_position(bench, tmp_path):
     meta = CacheMeta(teacher="t", teacher_revision=None, tokenizer_fingerprint="fp",
                      target_tokenizer_fingerprint="fp", mode="score", k=3,
                      logprob_mode="raw_logprobs", temperature=1.0, prompt_template_hash="h",
@@ -84,7 +80,6 @@ def test_the_ce_plus_kd_optimum_per_position(tmp_path):
     with CacheWriter(tmp_path, meta) as writer:
         writer.add("a", sample([5, 9], [[5, 3, 7], [2, 5, 9]],
                                [[0.7, 0.2, 0.05], [0.5, 0.3, 0.1]], [0.05, 0.1]))
-    bench = load_bench()
     with open_cache(tmp_path) as cache:
         tol = cache.meta.max_logprob_error + 1e-3
         even = bench.teacher_signal(cache, [("a", "asr")], weights=(1.0, 1.0))["asr"]
@@ -100,8 +95,8 @@ def test_the_ce_plus_kd_optimum_per_position(tmp_path):
     assert even["optimum_nll"] == pytest.approx(-(math.log(0.85) + math.log(0.55)) / 2, abs=tol)
 
 
-def test_compare_arms_names_the_first_difference():
-    compare = load_bench().compare_arms
+def test_compare_arms_names_the_first_difference(bench):
+    compare = bench.compare_arms
     step = {"step": 1, "samples": [["x", "y"]], "inputs": "d1", "rng": "r1"}
     kd = {"init_digest": "w", "steps": [step, {**step, "step": 2}]}
     assert compare({"kd": kd, "ce": kd}) == ""
@@ -110,10 +105,9 @@ def test_compare_arms_names_the_first_difference():
     assert "initial trainable weights" in compare({"kd": kd, "ce": {**kd, "init_digest": "v"}})
 
 
-def test_arm_recipes_differ_only_in_the_kd_weight(tmp_path):
+def test_arm_recipes_differ_only_in_the_kd_weight(bench, tmp_path):
     from distill.config import load_recipe
 
-    bench = load_bench()
     recipe = load_recipe(ROOT / "recipes" / "demo.yaml")
     args = bench.parse_args(["--kd-weight", "0.5", "--temperature", "2"])
     kd, ce = (bench.arm_recipe(recipe, arm, args, 60, tmp_path) for arm in ("kd", "ce"))
