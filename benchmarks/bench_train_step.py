@@ -47,9 +47,10 @@ def apply_overrides(recipe, assignments: list[str]):
         key, sep, value = assignment.partition("=")
         node = data
         *path, last = key.split(".")
-        for part in path:
+        for depth, part in enumerate(path, start=1):
             if not isinstance(node.get(part), dict):
-                raise ValueError(f"{assignment}: the recipe has no section {key}")
+                raise ValueError(f"{assignment}: the recipe has no section "
+                                 f"{'.'.join(path[:depth])}")
             node = node[part]
         if not sep or last not in node:
             raise ValueError(f"{assignment}: expected KEY=VALUE with a recipe key, e.g. "
