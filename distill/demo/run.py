@@ -10,11 +10,13 @@ Five stages run in order, each through the same code the full recipes use:
                Whisper tiny.en's own WER on the same spoken test clips
 
 Every stage resumes: finished data and models are reused, the teacher cache skips stored ids,
-and training continues from its last checkpoint. ``--size smoke`` shrinks everything for CI.
+and training continues from its last checkpoint unless the recipe's model, data, loss or train
+section changed (then the student starts over, said so). ``--size smoke`` shrinks everything for CI.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -113,35 +115,60 @@ def _stage(number: int, name: str, what: str) -> float:
     return time.monotonic()
 
 
-def _start_over_if_resized(layout: DemoLayout, size: str, fresh: bool) -> None:
-    """Training and evaluation of another size (or everything, with --fresh) are removed.
+# The sections that shape the student's weights: a change in any of them makes its checkpoints
+# another run's (eval and teacher are not here: evaluation reruns every time, and the teacher cache
+# checks its own fingerprint).
+STUDENT_SECTIONS = ("model", "data", "loss", "train")
+
+
+def student_fingerprint(recipe: Recipe) -> dict[str, str]:
+    """Section name -> a short hash of its resolved values (``STUDENT_SECTIONS``)."""
+    return {
+        name: hashlib.sha256(json.dumps(getattr(recipe, name).model_dump(mode="json"),
+                                        sort_keys=True).encode()).hexdigest()[:16]
+        for name in STUDENT_SECTIONS
+    }
+
+
+def _start_over_if_changed(layout: DemoLayout, size: str, recipe: Recipe, fresh: bool) -> None:
+    """Training and evaluation from another size or another student recipe (or everything,
+    with --fresh) are removed, so that the student stage never resumes another run's checkpoint.
 
     The data folder rebuilds itself at a new size, and the teacher cache stays valid: a clip id
     names the same sentence or sound at every size, so its soft targets are still right.
     """
     state_path = layout.root / STATE_FILE
-    previous = None
+    previous: dict = {}
     if state_path.is_file():
         try:
-            previous = json.loads(state_path.read_text()).get("size")
+            previous = json.loads(state_path.read_text())
         except ValueError:
-            previous = "unreadable"
+            previous = {"size": "unreadable"}
+    sections = student_fingerprint(recipe)
     doomed = ((layout.data, layout.teacher_cache, layout.student, layout.eval) if fresh
               else (layout.student, layout.eval))
     stale = [p for p in doomed if p.exists()]
-    if stale and (fresh or previous != size):
-        if fresh:
-            why = "--fresh"
-        elif previous is None:
-            why = f"outputs of an earlier demo with no size record; this one is {size!r}"
-        else:
-            why = f"the last demo here was size {previous!r}, this one is {size!r}"
+    changed = [name for name in STUDENT_SECTIONS
+               if previous.get("recipe", {}).get(name) != sections[name]]
+    if fresh:
+        why = "--fresh"
+    elif "size" not in previous:
+        why = f"outputs of an earlier demo with no size record; this one is {size!r}"
+    elif previous["size"] != size:
+        why = f"the last demo here was size {previous['size']!r}, this one is {size!r}"
+    elif "recipe" not in previous:
+        why = "no record of the recipe the student here was trained with"
+    elif changed:
+        why = f"the recipe's {', '.join(changed)} changed since the student here was trained"
+    else:
+        why = None
+    if stale and why:
         print(f"starting over ({why}): removing {', '.join(map(str, stale))}", file=sys.stderr)
         for path in stale:
             shutil.rmtree(path)
     layout.root.mkdir(parents=True, exist_ok=True)
     staging = state_path.with_name(f".{STATE_FILE}.tmp")
-    staging.write_text(json.dumps({"size": size}) + "\n")
+    staging.write_text(json.dumps({"size": size, "recipe": sections}) + "\n")
     staging.replace(state_path)
 
 
@@ -175,7 +202,7 @@ def run_demo(recipe_path: str | Path = "recipes/demo.yaml", *, size: str = "stan
     if size == "smoke":
         shrink_for_smoke(recipe)
     layout = DemoLayout.from_recipe(recipe, recipe_path)
-    _start_over_if_resized(layout, size, fresh)
+    _start_over_if_changed(layout, size, recipe, fresh)
     seconds: dict[str, float] = {}
 
     started = _stage(1, "data", f"synthesising speech and sounds into {layout.data}")

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from distill.config import load_recipe
-from distill.demo.run import DemoError, DemoLayout, _start_over_if_resized, choose_teacher
+from distill.demo.run import (
+    STUDENT_SECTIONS,
+    DemoError,
+    DemoLayout,
+    _start_over_if_changed,
+    choose_teacher,
+    student_fingerprint,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "recipes" / "demo.yaml"
@@ -104,15 +111,56 @@ def test_a_recipe_with_other_manifests_is_refused(tmp_path):
 def test_another_size_restarts_training_and_fresh_restarts_everything(tmp_path):
     layout = DemoLayout(tmp_path, *(tmp_path / name for name in ("data", "cache", "student", "eval")))
     folders = (layout.data, layout.teacher_cache, layout.student, layout.eval)
+    recipe = load_recipe(DEMO)
     for folder in folders:
         folder.mkdir()
-    _start_over_if_resized(layout, "smoke", fresh=False)  # no record yet: treated as another size
+    _start_over_if_changed(layout, "smoke", recipe, fresh=False)  # no record: another size
     assert [f.exists() for f in folders] == [True, True, False, False]
     layout.student.mkdir()
-    _start_over_if_resized(layout, "smoke", fresh=False)  # same size: everything kept
+    _start_over_if_changed(layout, "smoke", recipe, fresh=False)  # same size: everything kept
     assert layout.student.exists()
-    _start_over_if_resized(layout, "standard", fresh=False)
+    _start_over_if_changed(layout, "standard", recipe, fresh=False)
     assert [f.exists() for f in folders] == [True, True, False, False]
-    assert json.loads((tmp_path / "demo_state.json").read_text()) == {"size": "standard"}
-    _start_over_if_resized(layout, "standard", fresh=True)
+    state = json.loads((tmp_path / "demo_state.json").read_text())
+    assert state["size"] == "standard" and sorted(state["recipe"]) == sorted(STUDENT_SECTIONS)
+    _start_over_if_changed(layout, "standard", recipe, fresh=True)
     assert not any(f.exists() for f in folders)
+
+
+@pytest.mark.parametrize("change", [
+    lambda r: setattr(r.train.optimizer, "lr", 5e-4),
+    lambda r: setattr(r.train, "seed", 7),
+    lambda r: setattr(r.train, "max_steps", 900),  # the cosine schedule spans max_steps
+    lambda r: setattr(r.model.prompt, "template", "<SpeechHere> {instruction}:"),
+    lambda r: setattr(r.loss, "kd_weight", 2.0),
+    lambda r: setattr(r.data.train[1], "weight", 1.0),
+])
+def test_a_changed_student_recipe_restarts_training(tmp_path, change, capsys):
+    """The demo resumes its student only from a checkpoint of the same recipe: before, a
+    changed learning rate resumed the old run's finished checkpoint and reported its scores."""
+    layout = DemoLayout(tmp_path, *(tmp_path / name for name in ("data", "cache", "student", "eval")))
+    recipe = load_recipe(DEMO)
+    _start_over_if_changed(layout, "standard", recipe, fresh=False)
+    for folder in (layout.data, layout.teacher_cache, layout.student, layout.eval):
+        folder.mkdir()
+    same = load_recipe(DEMO)
+    same.eval.decoding.num_beams = 4  # evaluation reruns every time: not a reason
+    same.teacher.backend = "transformers"  # the teacher cache checks its own fingerprint
+    _start_over_if_changed(layout, "standard", same, fresh=False)
+    assert layout.student.exists() and "starting over" not in capsys.readouterr().err
+    change(same)
+    _start_over_if_changed(layout, "standard", same, fresh=False)
+    assert not layout.student.exists() and not layout.eval.exists()
+    assert layout.data.exists() and layout.teacher_cache.exists()
+    section = next(name for name in STUDENT_SECTIONS
+                   if student_fingerprint(same)[name] != student_fingerprint(recipe)[name])
+    assert f"the recipe's {section} changed" in capsys.readouterr().err
+
+
+def test_a_student_from_before_the_recipe_record_is_retrained(tmp_path, capsys):
+    layout = DemoLayout(tmp_path, *(tmp_path / name for name in ("data", "cache", "student", "eval")))
+    layout.student.mkdir()
+    (tmp_path / "demo_state.json").write_text('{"size": "standard"}\n')
+    _start_over_if_changed(layout, "standard", load_recipe(DEMO), fresh=False)
+    assert not layout.student.exists()
+    assert "no record of the recipe" in capsys.readouterr().err
