@@ -13,11 +13,12 @@ hidden states and lm_head (a live teacher; here it shares the student's head). T
 a dense teacher is itself a cost, one distill's cached top-k avoids.
 
 Peers compute their student logits as their own training loops do: torchtune and TRL from
-``hidden @ lm_head.T`` (torchtune per output chunk), Liger fused inside its kernel. On a CPU
-without bf16 matrix units (this project's machines: bf16 GEMM runs at a few GFLOPS) the peers'
-matmul is done in fp32 with the weight upcast before the measurement, NOT counted (as in
-bench_losses.py's naive variant: conservative for distill, which upcasts one vocab block at a time
-inside the measurement).
+``hidden @ lm_head.T`` (torchtune per output chunk), Liger fused inside its kernel, in bf16 on
+CUDA and on a CPU with AMX bf16 tiles. On a CPU without bf16 matrix units (bf16 GEMM runs at a few
+GFLOPS there) the peers' matmul is done in fp32 with the weight upcast before the measurement, NOT
+counted (as in bench_losses.py's naive variant: conservative for distill, which upcasts one vocab
+block at a time inside the measurement). distill follows its own policy (distill.losses.lm_head),
+which makes the same choice.
 
 Each variant runs in its own fresh subprocess. Memory: on CUDA, peak allocated above the
 allocation once inputs are built; on the CPU, VmHWM reset through /proc/self/clear_refs and
@@ -45,6 +46,7 @@ from bench_losses import memory_kib  # noqa: E402  (the same VmHWM / VmRSS readi
 
 from distill.losses import HiddenStates, TopKTargets  # noqa: E402
 from distill.losses import functional as LF  # noqa: E402
+from distill.losses.lm_head import cpu_has_bf16_tiles  # noqa: E402
 from distill.losses.reduction import DEFAULT_CHUNK_SIZE  # noqa: E402
 
 VARIANTS = {
@@ -127,8 +129,10 @@ def make_step(name, args, hidden, weight, labels, teacher):
             return LF.forward_kl(student, target, labels[rows], chunk_size=args.chunk_size,
                                  tail="bucket")
         return step
-    # Peers multiply in fp32 on a CPU (see the module docstring); the upcast is input prep.
-    w = weight if on_cuda else weight.float()
+    # Peers multiply in bf16 where bf16 GEMM is fast, else in fp32 (see the module docstring);
+    # the upcast is input prep.
+    native = on_cuda or cpu_has_bf16_tiles()
+    w = weight if native else weight.float()
     if name == "torchtune-fkl":
         try:
             from torchtune.modules.loss import ForwardKLWithChunkedOutputLoss
@@ -138,7 +142,7 @@ def make_step(name, args, hidden, weight, labels, teacher):
 
         def step(rows):
             h, t = hidden[rows], teacher[rows]
-            student_chunks = [(c if on_cuda else c.float()) @ w.T for c in h[None].chunk(8, dim=1)]
+            student_chunks = [(c if native else c.float()) @ w.T for c in h[None].chunk(8, dim=1)]
             teacher_chunks = list(t[None].chunk(8, dim=1))
             return loss_fn(student_chunks, teacher_chunks, labels[rows][None])
         return step
@@ -150,7 +154,7 @@ def make_step(name, args, hidden, weight, labels, teacher):
         beta = 0.0 if name == "trl-jsd0" else 0.5
 
         def step(rows):
-            h = hidden[rows] if on_cuda else hidden[rows].float()
+            h = hidden[rows] if native else hidden[rows].float()
             logits = (h @ w.T)[None]
             return GKDTrainer.generalized_jsd_loss(logits, teacher[rows][None].float(),
                                                    labels[rows][None], beta=beta)
@@ -248,7 +252,8 @@ def main():
     names = args.only or list(VARIANTS)
     print(f"tokens={args.tokens} vocab={args.vocab} hidden={args.hidden} k={args.k} "
           f"chunk_size={args.chunk_size} threads={args.threads} repeats={args.repeats} "
-          f"device={args.device} cpus={os.cpu_count()} torch={torch.__version__}", flush=True)
+          f"device={args.device} cpus={os.cpu_count()} torch={torch.__version__} "
+          f"cpu_bf16_tiles={cpu_has_bf16_tiles()}", flush=True)
     runs = {name: [] for name in names}
     for _ in range(args.repeats):
         for name in names:

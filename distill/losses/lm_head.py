@@ -1,10 +1,13 @@
 """lm_head matmuls for one token chunk: logits forward, gradients backward.
 
 Why a class: the matmul dtype is a policy. On GPUs the matmul runs in the weight's dtype
-(or the autocast dtype), as autocast would. On CPUs without bf16 units PyTorch's bf16 GEMM
-is 5-200x slower than fp32 (measured 0.3-8 vs 45-170 GFLOPS on AVX2), so a low-precision
-weight is upcast to fp32 one vocab block at a time: a full fp32 copy of a 128k x 2048 head
-would be 1 GB. Logits are always returned in fp32 (fp64 for fp64 inputs).
+(or the autocast dtype), as autocast would, and so it does on CPUs with AMX bf16 tiles (Intel
+Sapphire Rapids and later), where oneDNN's bf16 GEMM runs at 4.4x fp32's (780 against 179 GFLOPS
+on 2 cores, [4096, 2048] x [2048, 4096]; BENCHMARKS.md, "KD loss beside its peers"). On CPUs
+without bf16 units PyTorch's bf16 GEMM is 5-200x slower than fp32 (measured 0.3-8 vs 45-170
+GFLOPS on AVX2), so a low-precision weight is upcast to fp32 one vocab block at a time: a full
+fp32 copy of a 128k x 2048 head would be 1 GB. Logits are always returned in fp32 (fp64 for fp64
+inputs); a low-precision matmul rounds them to its dtype first, as on a GPU.
 """
 
 import torch
@@ -19,6 +22,11 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def cpu_has_bf16_tiles() -> bool:
+    """Whether this CPU has AMX bf16 tiles (torch's own CPUID check)."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
 def matmul_dtype(weight: Tensor) -> torch.dtype:
     """Call outside any autocast-disabled region: it reads the caller's autocast state."""
     device = weight.device.type
@@ -26,7 +34,7 @@ def matmul_dtype(weight: Tensor) -> torch.dtype:
     if dtype != torch.float64 and torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
     if device == "cpu" and dtype in _LOW_PRECISION:
-        return torch.float32
+        return dtype if dtype == torch.bfloat16 and cpu_has_bf16_tiles() else torch.float32
     return dtype
 
 

@@ -63,7 +63,9 @@ def test_ignored_rows_are_never_computed():
 
 @pytest.mark.parametrize("tail", ["renorm", "bucket"])
 def test_bf16_under_autocast_accumulates_in_fp32(tail, monkeypatch):
-    # Small upcast blocks so the vocab is processed in several fp32 blocks.
+    # A CPU without bf16 tiles: the weight is upcast, in small blocks so that the vocab is
+    # processed in several fp32 blocks.
+    monkeypatch.setattr(lm_head, "cpu_has_bf16_tiles", lambda: False)
     monkeypatch.setattr(lm_head, "UPCAST_BLOCK_ROWS", 3)
     x = make_inputs(seed=7, dtype=torch.float32, n=9, vocab=10, hidden=6)
     hidden = x["hidden"].bfloat16().requires_grad_()
@@ -83,6 +85,33 @@ def test_bf16_under_autocast_accumulates_in_fp32(tail, monkeypatch):
     torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(hidden.grad.double(), h64.grad, rtol=2e-2, atol=1e-3)
     torch.testing.assert_close(weight.grad.double(), w64.grad, rtol=2e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("tail", ["renorm", "bucket"])
+def test_bf16_on_a_cpu_with_bf16_tiles_matmuls_in_bf16(tail, monkeypatch):
+    """As on a GPU: bf16 logits (fp32 accumulation inside the GEMM), softmax and loss in fp32.
+    The bound is bf16 rounding of the logits (2^-9 relative), not the upcast path's 1e-5."""
+    monkeypatch.setattr(lm_head, "cpu_has_bf16_tiles", lambda: True)
+    x = make_inputs(seed=7, dtype=torch.float32, n=9, vocab=10, hidden=6)
+    hidden = x["hidden"].bfloat16().requires_grad_()
+    weight = x["weight"].bfloat16().requires_grad_()
+    assert lm_head.matmul_dtype(weight) == torch.bfloat16
+    teacher = TopKTargets(x["ids"], x["logprobs"])
+    loss = LF.forward_kl(HiddenStates(hidden, weight), teacher, x["labels"], tail=tail,
+                         temperature=2.0, chunk_size=4)
+    loss.backward()
+    assert loss.dtype == torch.float32 and hidden.grad.dtype == torch.bfloat16
+
+    h64, w64 = (t.detach().double().requires_grad_() for t in (hidden, weight))
+    logits = (h64 @ w64.T).bfloat16().double()  # what the bf16 GEMM hands back
+    want = R.kd_loss("forward_kl", logits, (x["ids"], x["logprobs"].double()), x["labels"], 2.0,
+                     tail)
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-6)
+    exact = R.kd_loss("forward_kl", h64 @ w64.T, (x["ids"], x["logprobs"].double()),
+                      x["labels"], 2.0, tail)
+    exact.backward()
+    torch.testing.assert_close(hidden.grad.double(), h64.grad, rtol=3e-2, atol=2e-3)
+    torch.testing.assert_close(weight.grad.double(), w64.grad, rtol=3e-2, atol=2e-3)
 
 
 def test_leading_dimensions_are_flattened():
