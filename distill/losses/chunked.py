@@ -5,9 +5,9 @@ third lm_head matmul. Here forward computes, per chunk, the logits (fp32), the r
 their gradient w.r.t. the logits (autograd on the chunk only, so any divergence works), and
 from it the gradients for hidden / weight / bias; backward only scales them. Chunk i's hidden
 gradient is computed in the same sweep over the lm_head as chunk i+1's logits, so on a CPU
-without bf16 units each bf16 vocab block is upcast once for both (``lm_head``). At most two [chunk, V] fp32 buffers are alive at
-once. The weight gradient buffer is allocated only when the weight requires grad (a frozen
-QLoRA lm_head never pays for a [V, H] fp32 buffer).
+without bf16 units each bf16 vocab block is upcast once for both (``lm_head``). At most two
+[chunk, V] fp32 buffers are alive at once. The weight gradient buffer is allocated only when the
+weight requires grad (a frozen QLoRA lm_head never pays for a [V, H] fp32 buffer).
 """
 
 from collections.abc import Callable, Sequence

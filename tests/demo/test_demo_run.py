@@ -131,7 +131,7 @@ def test_another_size_restarts_training_and_fresh_restarts_everything(tmp_path):
     lambda r: setattr(r.train.optimizer, "lr", 5e-4),
     lambda r: setattr(r.train, "seed", 7),
     lambda r: setattr(r.train, "max_steps", 900),  # the cosine schedule spans max_steps
-    lambda r: setattr(r.model.prompt, "template", "<SpeechHere> {instruction}:"),
+    lambda r: setattr(r.model.prompt, "template", "Audio: <SpeechHere> {instruction}:"),
     lambda r: setattr(r.loss, "kd_weight", 2.0),
     lambda r: setattr(r.data.train[1], "weight", 1.0),
 ])
