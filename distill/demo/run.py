@@ -396,10 +396,11 @@ def summary_lines(result: DemoResult, recipe_path: Path) -> list[str]:
         "(frozen); its\nQ-Former, projection and LoRA learn for a few CPU minutes on eSpeak "
         "sentences and synthetic\nsounds. A WER below the anchor's means it learned to listen "
         "to these voices; one sentence for\nevery clip (a WER of 60-70 %) means it learned only "
-        "the form of the answers (BENCHMARKS.md says\nwhat the default run reached). BEATs is "
-        "off: no BEATs weights are reachable offline and random\nones add only noise and CPU "
-        "time. Published LibriSpeech / AudioCaps figures come from other\naudio and other "
-        "devices, so the report leaves them out here.",
+        "the form of the answers. The WER is one\ndraw: the seed and the thread count change it "
+        "(the default recipe gave 14.7-31.3 % in six of\nseven runs, median 17.5 %; "
+        "BENCHMARKS.md lists them). BEATs is off: no BEATs weights are\nreachable offline and "
+        "random ones add only noise and CPU time. Published LibriSpeech / AudioCaps\nfigures "
+        "come from other audio and other devices, so the report leaves them out here.",
         f"Rerun `distill demo --recipe {recipe_path}` to reuse everything; --fresh starts over.",
         "",
         NEXT_STEPS,
