@@ -108,8 +108,12 @@ def test_a_recipe_with_other_manifests_is_refused(tmp_path):
         DemoLayout.from_recipe(recipe, DEMO)
 
 
+def layout_in(root):
+    return DemoLayout(root, *(root / name for name in ("data", "cache", "student", "eval")))
+
+
 def test_another_size_restarts_training_and_fresh_restarts_everything(tmp_path):
-    layout = DemoLayout(tmp_path, *(tmp_path / name for name in ("data", "cache", "student", "eval")))
+    layout = layout_in(tmp_path)
     folders = (layout.data, layout.teacher_cache, layout.student, layout.eval)
     recipe = load_recipe(DEMO)
     for folder in folders:
@@ -138,7 +142,7 @@ def test_another_size_restarts_training_and_fresh_restarts_everything(tmp_path):
 def test_a_changed_student_recipe_restarts_training(tmp_path, change, capsys):
     """The demo resumes its student only from a checkpoint of the same recipe: before, a
     changed learning rate resumed the old run's finished checkpoint and reported its scores."""
-    layout = DemoLayout(tmp_path, *(tmp_path / name for name in ("data", "cache", "student", "eval")))
+    layout = layout_in(tmp_path)
     recipe = load_recipe(DEMO)
     _start_over_if_changed(layout, "standard", recipe, fresh=False)
     for folder in (layout.data, layout.teacher_cache, layout.student, layout.eval):
@@ -158,7 +162,7 @@ def test_a_changed_student_recipe_restarts_training(tmp_path, change, capsys):
 
 
 def test_a_student_from_before_the_recipe_record_is_retrained(tmp_path, capsys):
-    layout = DemoLayout(tmp_path, *(tmp_path / name for name in ("data", "cache", "student", "eval")))
+    layout = layout_in(tmp_path)
     layout.student.mkdir()
     (tmp_path / "demo_state.json").write_text('{"size": "standard"}\n')
     _start_over_if_changed(layout, "standard", load_recipe(DEMO), fresh=False)
