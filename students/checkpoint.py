@@ -75,7 +75,7 @@ def architecture(student: SalmonnStudent) -> dict[str, Any]:
         desc["beats.encoder_embed_dim"] = student.beats.output_dim
         desc["beats.trainable"] = not cfg.beats.freeze
     for key, value in cfg.qformer.model_dump().items():
-        if key != "dropout":
+        if key not in ("dropout", "initializer_range"):  # training settings, not shapes
             desc[f"qformer.{key}"] = value
     if cfg.llm.lora.enabled:
         desc["lora.r"] = cfg.llm.lora.r

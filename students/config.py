@@ -66,6 +66,8 @@ class QFormerConfig(Strict):
     intermediate_size: PositiveInt = 3072
     cross_attention_frequency: PositiveInt = 1
     dropout: Probability = 0.1
+    # Std of the normal init of every weight (query tokens, attention, FFN).
+    initializer_range: PositiveFloat = 0.02
     # "all": every window of the 30 s Whisper input reaches the LLM (88 tokens, as SALMONN);
     # "clip": only the windows that start inside the clip (ceil(seconds * 50 / stride) of them),
     # so a 2 s clip brings 6 tokens, not 88, and the LLM does not attend to encoded padding.

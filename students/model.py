@@ -246,8 +246,11 @@ class SalmonnStudent(nn.Module):
             speech[rows, : length // 2] = encoded.to(speech.dtype)
         return speech
 
-    def forward(self, batch: dict, *, return_logits: bool = False) -> StudentOutput:
-        audio = self.encode_audio(batch)
+    def forward(self, batch: dict, *, return_logits: bool = False,
+                audio_embeds: torch.Tensor | None = None) -> StudentOutput:
+        """``audio_embeds`` [B, A, H]: audio tokens to use in place of ``encode_audio(batch)``
+        (the trainer passes other clips' to measure how much the answers depend on the audio)."""
+        audio = self.encode_audio(batch) if audio_embeds is None else audio_embeds
         with_targets = "target_ids" in batch
         inputs = assemble_inputs(
             self.embed_tokens,

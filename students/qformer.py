@@ -37,6 +37,7 @@ class WindowQFormer(nn.Module):
             hidden_dropout_prob=cfg.dropout,
             attention_probs_dropout_prob=cfg.dropout,
             use_qformer_text_input=False,
+            initializer_range=cfg.initializer_range,
         )
         self.qformer = Blip2QFormerModel(config)
         self.query_tokens = nn.Parameter(torch.zeros(1, cfg.queries_per_window, cfg.hidden_size))

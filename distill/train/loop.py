@@ -43,6 +43,7 @@ from distill.train.data import (
     cross_tokenizer,
     open_teacher_cache,
 )
+from distill.train.listening import AudioGain, ListeningWatch, other_clips_audio
 from distill.train.optim import build_optimizer
 from distill.train.schedule import build_scheduler
 from distill.train.tracking import init_kwargs as tracker_init_kwargs
@@ -152,6 +153,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         self.clipper = build_clipper(cfg.clip)
         self.cap_watch = CapWatch(getattr(self.clipper, "max_norm", None), cfg.clip.mode)
+        self.listening_watch = ListeningWatch()
         self.loss = build_mixed_loss(recipe)
         self.uld_loss = build_uld_fallback(recipe)
         self.ce_only_loss = CrossEntropy(chunk_size=recipe.loss.chunk_size)
@@ -362,7 +364,8 @@ class Trainer:
     # ---------------------------------------------------------------------------- validation
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Loss (CE) and token accuracy on the validation manifests, one pass, no augmentation."""
+        """Loss (CE), token accuracy and ``audio_gain`` (``distill.train.listening``) on the
+        validation manifests, one pass, no augmentation, no dropout."""
         if self.valid_set is None:
             return {}
         self.student.eval()
@@ -370,6 +373,7 @@ class Trainer:
         keys = [(0, i) for i in range(len(self.valid_set))]
         loader = self._loader(self.valid_set, keys, 0)
         loss_sum, correct, count = 0.0, 0, 0
+        audio = AudioGain()
         for batch in loader:
             if not batch.sample_ids:
                 continue
@@ -379,11 +383,25 @@ class Trainer:
             hidden, labels = out.hidden_states[rows], out.labels[rows]
             logits = torch.nn.functional.linear(hidden, unwrapped.lm_head_weight,
                                                 unwrapped.lm_head_bias).float()
+            if out.audio_embeds is not None and out.audio_embeds.size(0) >= 2:
+                with self.accelerator.autocast():
+                    swapped = self.student(batch.inputs,
+                                           audio_embeds=other_clips_audio(out.audio_embeds))
+                audio.add(logits, torch.nn.functional.linear(
+                    swapped.hidden_states[rows], unwrapped.lm_head_weight,
+                    unwrapped.lm_head_bias), labels)
             loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
             correct += int((logits.argmax(-1) == labels).sum())
             count += labels.numel()
         self.student.train()
-        return {"valid_loss": loss_sum / max(count, 1), "token_accuracy": correct / max(count, 1)}
+        result = {"valid_loss": loss_sum / max(count, 1), "token_accuracy": correct / max(count, 1)}
+        if audio.tokens:
+            result["audio_gain"] = audio.gain
+            warning = self.listening_watch.observe(self.progress.step, audio.gain)
+            if warning is not None and self.accelerator.is_main_process:
+                tqdm.write(f"warning: {warning}", file=sys.stderr)
+                result["warning"] = warning  # in train_log.jsonl beside the step it concerns
+        return result
 
     # ---------------------------------------------------------------------------- checkpoints
     def _save_student(self, models: list, weights: list, folder: str) -> None:
@@ -519,6 +537,8 @@ class Trainer:
             metric = None
             if step % cfg.eval_every_steps == 0 or step == self.total_steps:
                 valid = self.validate()
+                if "warning" in log and "warning" in valid:
+                    valid["warning"] = f"{log['warning']} {valid['warning']}"
                 log.update(valid)
                 metric = valid.get(cfg.checkpoint.best_metric)
             self._log(log)

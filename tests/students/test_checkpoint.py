@@ -112,6 +112,18 @@ def test_other_qformer_width_is_refused(make_cfg, saved):
         other.load_trainable(saved)
 
 
+def test_settings_that_only_train_do_not_refuse_a_checkpoint(make_cfg, student, saved):
+    """Dropout and the init std shape nothing: a checkpoint loads whatever they are, including
+    one saved before ``initializer_range`` existed (its architecture has no such key)."""
+    other = SalmonnStudent.from_config(make_cfg(qformer={"dropout": 0.3,
+                                                         "initializer_range": 0.5}))
+    other.load_trainable(saved)
+    for name, tensor in student.qformer.state_dict().items():
+        assert torch.equal(other.qformer.state_dict()[name], tensor), name
+    meta = json.loads((saved / "student_config.json").read_text())
+    assert "qformer.initializer_range" not in meta["architecture"]
+
+
 def test_moe_on_versus_off_is_refused(make_cfg, saved):
     cfg = make_cfg(moe={"enabled": True, "num_experts": 4, "top_k": 2})
     with pytest.raises(CheckpointMismatchError, match=r"moe.enabled: checkpoint False, model True"):

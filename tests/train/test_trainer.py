@@ -375,6 +375,39 @@ def test_a_cap_that_clips_most_steps_is_warned_about_in_the_log(workspace, tmp_p
     assert "warning: train.clip.max_norm" in capsys.readouterr().err
 
 
+def test_validation_logs_how_much_the_answers_depend_on_the_audio_and_warns_when_little(
+        workspace, tmp_path, capsys):
+    from distill.train.listening import ListeningWatch
+
+    recipe = make_recipe(workspace, tmp_path, max_steps=4, eval_every_steps=2)
+    trainer = Trainer(recipe)
+    trainer.listening_watch = ListeningWatch(after=3, threshold=1e9)  # always "too little"
+    trainer.train()
+    log = read_log(tmp_path)
+    assert [row["step"] for row in log if "audio_gain" in row] == [2, 4]
+    assert [row["step"] for row in log if "warning" in row] == [4]  # not before step 3
+    assert "hardly depend on its audio" in log[3]["warning"]
+    assert "warning: the student's answers hardly depend" in capsys.readouterr().err
+    # by hand: CE with the batch neighbour's audio minus CE with the clip's own, per token
+    student = trainer.accelerator.unwrap_model(trainer.student).eval()
+    keys = [(0, i) for i in range(len(trainer.valid_set))]
+    own = other = tokens = 0.0
+    for batch in trainer._loader(trainer.valid_set, keys, 0):
+        inputs = batch.inputs
+        with torch.no_grad():
+            out = student(inputs, return_logits=True)
+            audio = out.audio_embeds
+            swapped = student(inputs, return_logits=True,
+                              audio_embeds=torch.cat([audio[-1:], audio[:-1]]))
+        rows = out.labels != -100
+        labels = out.labels[rows]
+        own += float(torch.nn.functional.cross_entropy(out.logits[rows], labels, reduction="sum"))
+        other += float(torch.nn.functional.cross_entropy(swapped.logits[rows], labels,
+                                                         reduction="sum"))
+        tokens += labels.numel()
+    assert log[3]["audio_gain"] == pytest.approx((other - own) / tokens, rel=1e-4, abs=1e-6)
+
+
 # ------------------------------------------------------------------ normalisation of each term
 def test_moe_balance_loss_counts_once_per_step_whatever_the_accumulation(workspace, tmp_path,
                                                                          make_cfg):
