@@ -338,6 +338,18 @@ def _distinct_captions(hypotheses: Path, manifest: Path) -> tuple[int, int, int]
 
 
 # ---------------------------------------------------------------------------- the summary
+def last_audio_gain(student_dir: Path) -> float | None:
+    """The last validation's ``audio_gain`` in the run's train_log.jsonl (None if none)."""
+    from distill.train.loop import LOG_FILE
+
+    path = student_dir / LOG_FILE
+    if not path.is_file():
+        return None
+    gains = [row["audio_gain"] for row in map(json.loads, path.read_text().splitlines())
+             if "audio_gain" in row]
+    return gains[-1] if gains else None
+
+
 def _examples(path: Path, count: int = 3) -> list[str]:
     lines = []
     for row in [json.loads(line) for line in path.read_text().splitlines()][:count]:
@@ -383,6 +395,11 @@ def summary_lines(result: DemoResult, recipe_path: Path) -> list[str]:
         lines.append(f"anchor: Whisper tiny.en itself (greedy) on the same "
                      f"{result.anchor['utterances']} spoken test clips: WER "
                      f"{result.anchor['wer']:.3g} %  (student: {fmt('asr_wer', ' %')})")
+    gain = last_audio_gain(layout.student)
+    if gain is not None:
+        lines.append(f"hearing: another clip's audio raises the student's validation loss by "
+                     f"{gain:.2f} nats a token  (near 0: it answers from the prompt alone; "
+                     f"docs/training.md)")
     captions = report_dir / "hypotheses" / "demo_sounds_test.jsonl"
     if captions.is_file():
         said, clips, kinds = _distinct_captions(captions, layout.data / "sounds_test.jsonl")

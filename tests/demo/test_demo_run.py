@@ -57,6 +57,9 @@ def check_finished_demo(workdir: Path, result: subprocess.CompletedProcess, back
     assert anchor["utterances"] == 3 and 0 <= anchor["wer"] < 100
     assert f"WER {anchor['wer']:.3g} %" in result.stdout and "anchor: Whisper tiny.en" in result.stdout
     assert "captions: " in result.stdout
+    gain = [row["audio_gain"] for row in log if "audio_gain" in row][-1]
+    assert f"hearing: another clip's audio raises the student's validation loss by {gain:.2f}" \
+        in result.stdout
     markdown = (demo / "eval" / "report.md").read_text()
     assert "| Whisper tiny.en (same clips, greedy) |" in markdown and "(published)" not in markdown
 
