@@ -5,7 +5,7 @@ worth most of it; the loss curve of a run that never listens looks like a slow o
 each validation clip's audio tokens for its batch neighbour's and scoring the same answers
 says it directly: ``audio_gain``, the CE (nats per answer token) with the other clip's audio
 minus the CE with its own. On the demo's 64 spoken test clips it ranged from 0.004 for a
-student that never heard (WER 69.9 %) to 1.0-1.7 for students at 14.7-25.1 %
+student that never heard (WER 69.9 %) to 1.0-1.9 for students at 5.1-25.1 %
 (docs/training.md, "Is the student hearing?").
 """
 
