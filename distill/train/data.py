@@ -279,6 +279,8 @@ class Batch:
     uld_ids: torch.Tensor | None = None  # [uld rows, k]
     uld_logprobs: torch.Tensor | None = None
     uld_rest: torch.Tensor | None = None
+    # Samples drawn: a generate-mode reference pair is one, the same clip drawn twice is two.
+    num_samples: int = 0
 
 
 class Collator:
@@ -305,7 +307,8 @@ class Collator:
             if all(e.teacher_rest is not None for e in with_teacher):  # one cache: all or none
                 rest = torch.from_numpy(np.concatenate([e.teacher_rest for e in with_teacher]))
         batch = Batch(inputs, [e.sample_id for e in examples], ids, logprobs, rest, has_teacher,
-                      has_ce, int(has_teacher.numel()), len(with_teacher), skipped, len(items))
+                      has_ce, int(has_teacher.numel()), len(with_teacher), skipped, len(items),
+                      num_samples=len(items) - len(skipped))
         with_uld = [e for e in examples if e.uld_rows is not None]
         if with_uld:
             batch.has_uld = torch.cat([_rows(e, False, e.uld_rows) for e in examples])

@@ -523,9 +523,8 @@ class Trainer:
             for _ in range(cfg.grad_accumulation):
                 batch, epoch, position = next(batches)
                 micro.append(batch)
-                samples = len(set(batch.sample_ids))  # a reference sequence shares its id
-                self.stats.examples += samples
-                self.stats.ce_only += samples - batch.num_with_teacher
+                self.stats.examples += batch.num_samples
+                self.stats.ce_only += batch.num_samples - batch.num_with_teacher
                 for skipped in batch.skipped:
                     self.stats.skipped[skipped.reason] += 1
             log = self._optimizer_step(micro)

@@ -5,6 +5,7 @@ The teacher cache is written with the real cache writer; its top-k comes from a 
 LLaMA teacher's real logits over the student's target ids (no vLLM needed for the trainer).
 """
 
+import itertools
 import json
 import math
 import os
@@ -440,6 +441,21 @@ def test_moe_balance_loss_counts_once_per_step_whatever_the_accumulation(workspa
     for name in gates:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-9)
     fresh_accelerate_state()
+
+
+def test_a_clip_drawn_twice_in_one_batch_counts_twice(workspace, tmp_path):
+    """A manifest weighted 4 draws each clip four times an epoch, so one batch can hold the same
+    clip twice: both are examples, and both have their teacher (none is CE-only)."""
+    recipe = make_recipe(workspace, tmp_path, max_steps=3, batch_size=8)
+    recipe.data.train[0].weight = 4.0
+    fresh_accelerate_state()
+    drawn = [batch.sample_ids for batch, _, _ in
+             itertools.islice(Trainer(recipe)._micro_batches(), 3)]
+    assert any(len(set(ids)) < len(ids) for ids in drawn)  # the case this test is about
+    fresh_accelerate_state()
+    trainer = Trainer(recipe)
+    trainer.train()
+    assert (trainer.stats.examples, trainer.stats.ce_only) == (24, 0)
 
 
 def test_kd_is_the_mean_over_teacher_rows_when_some_samples_are_ce_only(workspace, tmp_path,
