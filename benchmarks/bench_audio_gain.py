@@ -19,6 +19,7 @@ import torch
 from distill.config import load_recipe
 from distill.data.audio import load_audio
 from distill.data.manifest import load_manifest
+from distill.errors import DistillError
 from distill.train.listening import AudioGain, other_clips_audio
 from students.model import SalmonnStudent
 
@@ -43,24 +44,33 @@ def audio_gain(student: SalmonnStudent, records: list[dict], batch_size: int) ->
     return gain
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="student checkpoint folders")
     parser.add_argument("--recipe", default="recipes/demo.yaml",
                         help="its first ASR eval set is scored (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=16, help="clips a batch (default: 16)")
     parser.add_argument("--clips", type=int, default=None, help="only the first N clips")
-    args = parser.parse_args()
-
-    recipe = load_recipe(args.recipe)
-    speech = next(s for s in recipe.eval.sets if s.task == "asr")
-    records = list(load_manifest(speech.manifest))[:args.clips]
+    args = parser.parse_args(argv)
+    if args.batch < 2:
+        parser.error(f"--batch {args.batch}: the swap needs at least two clips a batch")
+    try:
+        recipe = load_recipe(args.recipe)
+        speech = next((s for s in recipe.eval.sets if s.task == "asr"), None)
+        if speech is None:
+            raise DistillError(f"{args.recipe}: eval.sets has no set with task: asr to score")
+        records = list(load_manifest(speech.manifest))[:args.clips]
+    except (DistillError, OSError) as err:
+        parser.error(str(err).splitlines()[0])
     print(f"{len(records)} clips of {speech.manifest}, batches of {args.batch}, torch threads "
           f"{torch.get_num_threads()}\n")
     print("| checkpoint | CE, own audio | CE, another clip's | audio_gain (nats a token) |")
     print("|---|---:|---:|---:|")
     for checkpoint in args.checkpoints:
-        student = SalmonnStudent.from_pretrained(checkpoint).eval()
+        try:  # one at a time: a student holds its whole LLM
+            student = SalmonnStudent.from_pretrained(checkpoint).eval()
+        except (DistillError, OSError) as err:
+            parser.error(str(err).splitlines()[0])
         gain = audio_gain(student, records, args.batch)
         print(f"| {checkpoint} | {gain.own / gain.tokens:.3f} | {gain.other / gain.tokens:.3f} "
               f"| {gain.gain:.3f} |")

@@ -33,3 +33,16 @@ def test_gain_is_ce_with_the_previous_clips_audio_minus_ce_with_its_own(
     assert gain.tokens == tokens
     assert other != own  # the random student's answers do move with its audio (a little)
     assert gain.gain == pytest.approx((other - own) / tokens, rel=1e-4)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ckpt", "--batch", "1"], "--batch 1: the swap needs at least two clips a batch"),
+    (["ckpt", "--recipe", "nope.yaml"], "nope.yaml: recipe file not found"),
+])
+def test_bad_arguments_are_one_line_before_any_work(benchmark_module, capsys, tmp_path,
+                                                    monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        benchmark_module("bench_audio_gain").main(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f" error: {message}")
