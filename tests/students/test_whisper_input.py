@@ -85,12 +85,28 @@ def test_frames_per_clip_by_hand(short_student, noise, seconds, windows, mel_fra
     assert batch["whisper_features"].shape[-1] == mel_frames
 
 
-def test_features_are_the_padded_ones_cut(short_student, student, noise):
-    waves = [noise(1.2, 1), noise(3.5, 2)]
+def _loud_end(samples: int) -> torch.Tensor:
+    """Energy in the last samples, close to where the kept frames end (4 windows of 17 encoder
+    frames end at 21760 samples, 6 at 32640): where a too-short input's STFT reflection shows."""
+    wave = torch.zeros(samples)
+    wave[-5:] = 0.9
+    return wave
+
+
+@pytest.mark.parametrize("case", ["noise", "silence", "loud end", "near 30 s"])
+def test_features_are_the_padded_ones_cut(short_student, student, noise, case):
+    """The short path computes log-mels over a few seconds only; the reference is the 30 s
+    input's, cut (equal to the bit: same frames, same maximum for Whisper's clamp)."""
+    waves = {"noise": [noise(1.2, 1), noise(3.5, 2)],
+             "silence": [torch.zeros(SR * 2), noise(1.0, 3)],
+             "loud end": [_loud_end(21750), _loud_end(32639)],
+             "near 30 s": [noise(29.9, 4), noise(1.0, 5)]}[case]
     short = short_student.processor(waves, ["a", "b"])
     padded = student.processor(waves, ["a", "b"])["whisper_features"]
     width = int(short["whisper_frames"].max())
-    assert short["whisper_features"].shape[-1] == width == 374
+    assert short["whisper_features"].shape[-1] == width
+    if case == "noise":
+        assert width == 374  # 3.5 s: 11 windows (by hand above)
     torch.testing.assert_close(short["whisper_features"], padded[:, :, :width], rtol=0, atol=0)
 
 
