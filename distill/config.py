@@ -188,6 +188,9 @@ class TrainConfig(Strict):
     batch_size: PositiveInt = 8
     grad_accumulation: PositiveInt = 1
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    # The batch's sequences go to the LLM as one row of real tokens (no padding computed; the
+    # positions keep samples apart): the same loss, less work the more lengths differ.
+    padding_free: bool = False
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     clip: ClipConfig = Field(default_factory=ClipConfig)

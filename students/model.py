@@ -19,6 +19,7 @@ from distill.data.dtypes import torch_dtype
 from distill.data.tokenizers import end_token_ids, pad_token_id
 from students.beats import BEATs, load_beats, random_beats
 from students.config import DecodingConfig, ModelConfig
+from students.encoder_memo import EncoderMemo
 from students.fusion import AudioFusion
 from students.llm import (
     causal_lm,
@@ -40,6 +41,7 @@ class StudentOutput:
 
     ``hidden_states`` [B, T, H]: after the LLM's final norm, before lm_head. ``labels`` [B, T]:
     shifted, so ``hidden_states[:, t]`` is scored against ``labels[:, t]`` (-100 = no loss).
+    With ``padding_free`` B = 1 and T = N, the batch's real tokens.
     ``logits`` [B, T, V] only with ``return_logits=True``. ``balance_loss``: the MoE balance
     loss summed over layers (already weighted), None without MoE.
     """
@@ -88,6 +90,8 @@ class SalmonnStudent(nn.Module):
         self.pad_id = pad_token_id(tokenizer, self.end_ids)
         self.processor = SalmonnProcessor.from_config(cfg, tokenizer, end_ids=self.end_ids)
         self.decoding = DecodingConfig()  # what transcribe/caption/ask use; see from_pretrained
+        memo_bytes = cfg.whisper.output_memo_mb * 2**20 if cfg.whisper.freeze else 0
+        self.speech_memo = EncoderMemo(memo_bytes) if memo_bytes else None
 
     # ------------------------------------------------------------------ building and io
     @classmethod
@@ -237,19 +241,35 @@ class SalmonnStudent(nn.Module):
         encoder has no padding mask, so a clip must not see another clip's padding (the result
         does not depend on the batch)."""
         if frames is None:
-            return self.whisper(features).last_hidden_state
+            return self._run_whisper(features)
         speech = features.new_zeros(features.size(0), features.size(-1) // 2,
                                     self.whisper.config.d_model)
         for length in frames.unique().tolist():
             rows = (frames == length).nonzero().squeeze(1).to(features.device)
-            encoded = self.whisper(features[rows, :, :length]).last_hidden_state
+            encoded = self._run_whisper(features[rows, :, :length])
             speech[rows, : length // 2] = encoded.to(speech.dtype)
         return speech
 
+    def _run_whisper(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, mels, F] -> [B, F / 2, width]; clips seen before come from ``speech_memo``."""
+        def encode(x: torch.Tensor) -> torch.Tensor:
+            return self.whisper(x).last_hidden_state
+
+        if self.speech_memo is None or torch.is_grad_enabled():
+            return encode(features)
+        return self.speech_memo.encode(encode, features)
+
     def forward(self, batch: dict, *, return_logits: bool = False,
-                audio_embeds: torch.Tensor | None = None) -> StudentOutput:
+                audio_embeds: torch.Tensor | None = None,
+                padding_free: bool = False) -> StudentOutput:
         """``audio_embeds`` [B, A, H]: audio tokens to use in place of ``encode_audio(batch)``
-        (the trainer passes other clips' to measure how much the answers depend on the audio)."""
+        (the trainer passes other clips' to measure how much the answers depend on the audio).
+
+        ``padding_free``: the B sequences go to the LLM as one row of their N real tokens, each
+        with its own positions from 0, so no token attends across samples (transformers builds
+        the block-causal mask from the positions; FlashAttention-2 runs them varlen). Outputs
+        are then [1, N, ...]; the target tokens come in the same order as from [B, T]. This is
+        TRL's ``padding_free``: the same loss without computing padding."""
         audio = self.encode_audio(batch) if audio_embeds is None else audio_embeds
         with_targets = "target_ids" in batch
         inputs = assemble_inputs(
@@ -259,10 +279,17 @@ class SalmonnStudent(nn.Module):
             padding_side="right" if with_targets else "left",
             with_targets=with_targets,
         )
+        embeds, mask, positions = inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids
+        labels = shift_labels(inputs.labels) if inputs.labels is not None else None
+        if padding_free:
+            real = mask.bool()
+            embeds, positions = embeds[real][None], positions[real][None]
+            labels = labels[real][None] if labels is not None else None
+            mask = None  # the output's mask: all ones, below
         hidden = self.causal_lm.get_decoder()(
-            inputs_embeds=inputs.inputs_embeds,
-            attention_mask=inputs.attention_mask,
-            position_ids=inputs.position_ids,
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
             use_cache=False,
         ).last_hidden_state
         logits = None
@@ -270,8 +297,8 @@ class SalmonnStudent(nn.Module):
             logits = self.causal_lm.get_output_embeddings()(hidden)
         return StudentOutput(
             hidden_states=hidden,
-            attention_mask=inputs.attention_mask,
-            labels=shift_labels(inputs.labels) if inputs.labels is not None else None,
+            attention_mask=mask if mask is not None else positions.new_ones(positions.shape),
+            labels=labels,
             logits=logits,
             balance_loss=moe_balance_loss(self.llm) if self.config.moe.enabled else None,
             audio_embeds=audio,

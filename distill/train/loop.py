@@ -221,7 +221,7 @@ class Trainer:
         The MoE balance loss is a per-forward value; it is divided by the number of micro-batches
         so one step weighs it once, as with a single big batch.
         """
-        out = self.student(batch.inputs)
+        out = self.student(batch.inputs, padding_free=self.recipe.train.padding_free)
         rows = out.labels != -100
         hidden = out.hidden_states[rows]
         labels = out.labels[rows]
@@ -378,7 +378,7 @@ class Trainer:
             if not batch.sample_ids:
                 continue
             with self.accelerator.autocast():
-                out = self.student(batch.inputs)
+                out = self.student(batch.inputs, padding_free=self.recipe.train.padding_free)
             rows = out.labels != -100
             hidden, labels = out.hidden_states[rows], out.labels[rows]
             logits = torch.nn.functional.linear(hidden, unwrapped.lm_head_weight,
@@ -386,7 +386,8 @@ class Trainer:
             if out.audio_embeds is not None and out.audio_embeds.size(0) >= 2:
                 with self.accelerator.autocast():
                     swapped = self.student(batch.inputs,
-                                           audio_embeds=other_clips_audio(out.audio_embeds))
+                                           audio_embeds=other_clips_audio(out.audio_embeds),
+                                           padding_free=self.recipe.train.padding_free)
                 audio.add(logits, torch.nn.functional.linear(
                     swapped.hidden_states[rows], unwrapped.lm_head_weight,
                     unwrapped.lm_head_bias), labels)
