@@ -7,11 +7,17 @@ the Whisper encoder, fusion + Q-Former + projection, the LLM decoder forward, th
 chunks, CE + KD), backward, and the optimizer (norm, clip, AdamW, scheduler). Forward sections
 are timed by module hooks, so they are exactly the modules the student calls.
 
-``--set key=value`` overrides a recipe field (dotted path, YAML value), so two configurations
-can be timed in one run, one after the other, on the same load:
+``--set key=value`` overrides a recipe field (dotted path, YAML value), and ``--compare`` times
+several configurations in one run: all are built first (each holds its model: memory adds up),
+then timed a step of each in turn, so a machine whose speed drifts (this project's shared CPU
+machines ran 1.7x slower in one afternoon than in the morning) weighs on each alike:
 
     python benchmarks/bench_train_step.py recipes/demo.yaml --steps 8 \\
         --compare model.qformer.audio_tokens=all model.qformer.audio_tokens=clip
+
+``--replay N`` first encodes the audio of N batches, then times from the first batch again: the
+clips have been seen, as in a later epoch (with ``model.whisper.output_memo_mb`` the encoder is
+then skipped; the first epoch pays it in full).
 
 accelerate fixes the mixed precision once per process, so configurations that differ in
 ``train.precision`` are refused: time each precision in a command of its own.
@@ -84,62 +90,91 @@ class Timer:
         module.register_forward_hook(done)
 
 
-def time_steps(recipe, steps: int, warmup: int) -> dict:
-    from distill.train.loop import Trainer
+class Timed:
+    """One configuration's Trainer with timing hooks on its sections."""
 
-    trainer = Trainer(recipe)
-    student = trainer.accelerator.unwrap_model(trainer.student)
-    timer = Timer()
-    timer.hook(student.whisper, "whisper")
-    for module in (student.fusion, student.qformer, student.projection):
-        timer.hook(module, "qformer+proj")
-    timer.hook(student.causal_lm.get_decoder(), "llm_fwd")
-    forward_sections = ("whisper", "qformer+proj", "llm_fwd")
+    def __init__(self, recipe):
+        from distill.train.loop import Trainer
 
-    step_loss, backward = trainer._step_loss, trainer.accelerator.backward
-    optimizer_step = trainer.optimizer.step
+        self.recipe = recipe
+        self.trainer = trainer = Trainer(recipe)
+        self.student = student = trainer.accelerator.unwrap_model(trainer.student)
+        self.timer = timer = Timer()
+        timer.hook(student.whisper, "whisper")
+        for module in (student.fusion, student.qformer, student.projection):
+            timer.hook(module, "qformer+proj")
+        timer.hook(student.causal_lm.get_decoder(), "llm_fwd")
+        forward_sections = ("whisper", "qformer+proj", "llm_fwd")
+        step_loss, backward = trainer._step_loss, trainer.accelerator.backward
+        optimizer_step = trainer.optimizer.step
 
-    def timed_step_loss(batch, num_items):
-        before = sum(timer.current[s] for s in forward_sections)
+        def timed_step_loss(batch, num_items):
+            before = sum(timer.current[s] for s in forward_sections)
+            started = time.perf_counter()
+            out = step_loss(batch, num_items)
+            forward = sum(timer.current[s] for s in forward_sections) - before
+            timer.current["loss"] += time.perf_counter() - started - forward
+            return out
+
+        def timed_backward(loss, **kwargs):
+            with timer.section("backward"):
+                return backward(loss, **kwargs)
+
+        def timed_optimizer_step(*args, **kwargs):
+            with timer.section("optimizer"):
+                return optimizer_step(*args, **kwargs)
+
+        trainer._step_loss = timed_step_loss
+        trainer.accelerator.backward = timed_backward
+        trainer.optimizer.step = timed_optimizer_step
+        trainer.student.train()
+        self.per_step, self.totals, self.tokens = defaultdict(list), [], []
+        self.batches = trainer._micro_batches()
+
+    def replay(self, batches: int) -> None:
+        """Encode the audio of the first ``batches`` batches (no training), then start again
+        from the first: the timed steps see clips already seen, as in a later epoch (what
+        ``model.whisper.output_memo_mb`` keeps)."""
+        with torch.no_grad():
+            for _ in range(batches):
+                self.student.encode_audio(next(self.batches)[0].inputs)
+        self.batches = self.trainer._micro_batches()
+
+    def step(self, timed: bool) -> dict:
+        self.timer.current = defaultdict(float)
         started = time.perf_counter()
-        out = step_loss(batch, num_items)
-        forward = sum(timer.current[s] for s in forward_sections) - before
-        timer.current["loss"] += time.perf_counter() - started - forward
-        return out
-
-    def timed_backward(loss, **kwargs):
-        with timer.section("backward"):
-            return backward(loss, **kwargs)
-
-    def timed_optimizer_step(*args, **kwargs):
-        with timer.section("optimizer"):
-            return optimizer_step(*args, **kwargs)
-
-    trainer._step_loss = timed_step_loss
-    trainer.accelerator.backward = timed_backward
-    trainer.optimizer.step = timed_optimizer_step
-
-    trainer.student.train()
-    batches = trainer._micro_batches()
-    per_step, totals, tokens = defaultdict(list), [], []
-    for index in range(warmup + steps):
-        timer.current = defaultdict(float)
-        started = time.perf_counter()
-        with timer.section("data"):
-            micro = [next(batches)[0] for _ in range(recipe.train.grad_accumulation)]
-        log = trainer._optimizer_step(micro)
-        trainer.progress.step += 1
+        with self.timer.section("data"):
+            micro = [next(self.batches)[0] for _ in range(self.recipe.train.grad_accumulation)]
+        log = self.trainer._optimizer_step(micro)
+        self.trainer.progress.step += 1
         total = time.perf_counter() - started
-        if index >= warmup:
-            totals.append(total)
-            tokens.append(micro[0].inputs["attention_mask"].sum().item())
+        if timed:
+            self.totals.append(total)
+            self.tokens.append(micro[0].inputs["attention_mask"].sum().item())
             for name in SECTIONS:
-                per_step[name].append(timer.current[name])
-    medians = {name: statistics.median(per_step[name]) for name in SECTIONS}
-    medians["total"] = statistics.median(totals)
-    medians["other"] = medians["total"] - sum(medians[name] for name in SECTIONS)
-    return {"seconds": medians, "steps_per_s": 1 / medians["total"],
-            "sequence_tokens": statistics.median(tokens), "loss": log["loss"]}
+                self.per_step[name].append(self.timer.current[name])
+        return log
+
+    def result(self, log: dict) -> dict:
+        medians = {name: statistics.median(self.per_step[name]) for name in SECTIONS}
+        medians["total"] = statistics.median(self.totals)
+        medians["other"] = medians["total"] - sum(medians[name] for name in SECTIONS)
+        return {"seconds": medians, "steps_per_s": 1 / medians["total"],
+                "sequence_tokens": statistics.median(self.tokens), "loss": log["loss"]}
+
+
+def time_steps(recipes: list, steps: int, warmup: int, replay: int = 0) -> list[dict]:
+    """Every configuration built first, then their steps in turn (A, B, A, B, ...), so that a
+    machine slowing down or speeding up mid-run weighs on each configuration alike."""
+    configurations = [Timed(recipe) for recipe in recipes]
+    for configuration in configurations:
+        configuration.replay(replay)
+    logs = [{} for _ in configurations]
+    for index in range(warmup + steps):
+        for n, configuration in enumerate(configurations):
+            logs[n] = configuration.step(timed=index >= warmup)
+    return [configuration.result(log) for configuration, log in zip(configurations, logs,
+                                                                     strict=True)]
 
 
 def render(results: list[tuple[str, dict]], command: str) -> str:
@@ -169,6 +204,9 @@ def main(argv=None) -> None:
     parser.add_argument("recipe")
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--replay", type=int, default=0, metavar="BATCHES",
+                        help="first encode the audio of this many batches, then time from the "
+                             "first batch again (clips already seen, as in a later epoch)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a recipe override for every configuration")
     parser.add_argument("--compare", nargs="+", default=None, metavar="KEY=VALUE[,KEY=VALUE]",
@@ -186,10 +224,11 @@ def main(argv=None) -> None:
     if len(precisions) > 1:
         parser.error(f"--compare: train.precision differs ({', '.join(precisions)}); accelerate "
                      "sets the mixed precision once per process: time each in its own command")
-    results = []
-    for config, recipe in zip(configurations, recipes, strict=True):
-        print(f"timing {config or 'the recipe'} ...", file=sys.stderr, flush=True)
-        results.append((config or "recipe", time_steps(recipe, args.steps, args.warmup)))
+    print(f"timing {', '.join(c or 'the recipe' for c in configurations)} ...", file=sys.stderr,
+          flush=True)
+    timings = time_steps(recipes, args.steps, args.warmup, args.replay)
+    results = [(config or "recipe", timing)
+               for config, timing in zip(configurations, timings, strict=True)]
     print(render(results, "python benchmarks/bench_train_step.py " + " ".join(argv or sys.argv[1:])))
 
 

@@ -151,7 +151,7 @@ class SalmonnProcessor:
             wav = torch.nn.functional.pad(wav, (0, self.min_samples - wav.numel()))
         return wav
 
-    def longest_needed(self, waves: Sequence[torch.Tensor], frames: int) -> int:
+    def mel_input_samples(self, waves: Sequence[torch.Tensor], frames: int) -> int:
         """Samples of zero-padded input whose first ``frames`` log-mel frames equal those of the
         30 s input: every frame touching the clip is there (so is the spectrogram's maximum,
         which sets Whisper's clamp), and the last kept frame's window (n_fft / 2 past its centre)
@@ -204,7 +204,7 @@ class SalmonnProcessor:
             limit = self.feature_extractor.nb_max_frames
             frames = [mel_frames_for(n // self.queries_per_window, self.window_frames,
                                      self.window_stride, limit) for n in audio_lengths]
-            padded_samples = min(self.longest_needed(waves, max(frames)),
+            padded_samples = min(self.mel_input_samples(waves, max(frames)),
                                  self.feature_extractor.n_samples)
         batch: dict[str, torch.Tensor] = {
             "whisper_features": self.feature_extractor(
