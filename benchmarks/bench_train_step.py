@@ -16,7 +16,7 @@ machines ran 1.7x slower in one afternoon than in the morning) weighs on each al
         --compare model.qformer.audio_tokens=all model.qformer.audio_tokens=clip
 
 ``--replay N`` first encodes the audio of N batches, then times from the first batch again: the
-clips have been seen, as in a later epoch (with ``model.whisper.output_memo_mb`` the encoder is
+clips have been seen, as in a later epoch (with ``train.encoder_memo_mb`` the encoder is
 then skipped; the first epoch pays it in full).
 
 accelerate fixes the mixed precision once per process, so configurations that differ in
@@ -134,7 +134,7 @@ class Timed:
     def replay(self, batches: int) -> None:
         """Encode the audio of the first ``batches`` batches (no training), then start again
         from the first: the timed steps see clips already seen, as in a later epoch (what
-        ``model.whisper.output_memo_mb`` keeps)."""
+        ``train.encoder_memo_mb`` keeps)."""
         with torch.no_grad():
             for _ in range(batches):
                 self.student.encode_audio(next(self.batches)[0].inputs)

@@ -191,6 +191,11 @@ class TrainConfig(Strict):
     # The batch's sequences go to the LLM as one row of real tokens (no padding computed; the
     # positions keep samples apart): the same loss, less work the more lengths differ.
     padding_free: bool = False
+    # Megabytes of the frozen Whisper encoder's outputs kept in memory, keyed by each clip's
+    # log-mel bytes (students/encoder_memo.py): a clip seen again skips the encoder. For small
+    # CPU runs without augmentation (the demo: 0.1 s of a 1 s step after the first epoch);
+    # 0 (default) keeps nothing. Training only: a saved student does not carry it.
+    encoder_memo_mb: NonNegInt = 0
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     clip: ClipConfig = Field(default_factory=ClipConfig)
@@ -269,6 +274,9 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
+        if self.train.encoder_memo_mb and not self.model.whisper.freeze:
+            raise ValueError("train.encoder_memo_mb needs model.whisper.freeze: true (a trained "
+                             "encoder's outputs change every step)")
         if self.data.audio.sample_rate != ENCODER_SAMPLE_RATE:
             raise ValueError(
                 f"data.audio.sample_rate: the student's encoders (Whisper, BEATs) take "

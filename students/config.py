@@ -14,7 +14,6 @@ from distill.errors import DistillError
 from distill.schema import (
     Dtype,
     NonNegFloat,
-    NonNegInt,
     PositiveFloat,
     PositiveInt,
     Probability,
@@ -37,17 +36,6 @@ class WhisperEncoderConfig(Strict):
     # 0.96 on speech, 0.91 on sounds), so train and evaluate a student one way. Needs
     # qformer.audio_tokens: clip.
     pad_to_30s: bool = True
-    # Megabytes of the frozen encoder's outputs kept in memory, keyed by each clip's log-mel
-    # bytes (students/encoder_memo.py): a clip seen again skips the encoder. For small CPU runs
-    # without augmentation (the demo: 0.08 s of a 0.8 s step); 0 (default) keeps nothing.
-    output_memo_mb: NonNegInt = 0
-
-    @model_validator(mode="after")
-    def _memo_needs_a_frozen_encoder(self) -> WhisperEncoderConfig:
-        if self.output_memo_mb and not self.freeze:
-            raise ValueError("output_memo_mb needs freeze: true (a trained encoder's outputs "
-                             "change every step)")
-        return self
 
 
 class BeatsEncoderConfig(Strict):

@@ -90,8 +90,8 @@ class SalmonnStudent(nn.Module):
         self.pad_id = pad_token_id(tokenizer, self.end_ids)
         self.processor = SalmonnProcessor.from_config(cfg, tokenizer, end_ids=self.end_ids)
         self.decoding = DecodingConfig()  # what transcribe/caption/ask use; see from_pretrained
-        memo_bytes = cfg.whisper.output_memo_mb * 2**20 if cfg.whisper.freeze else 0
-        self.speech_memo = EncoderMemo(memo_bytes) if memo_bytes else None
+        # A frozen Whisper's outputs by clip, when the trainer keeps them (train.encoder_memo_mb)
+        self.speech_memo: EncoderMemo | None = None
 
     # ------------------------------------------------------------------ building and io
     @classmethod

@@ -114,6 +114,7 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
+        from students.encoder_memo import EncoderMemo
         from students.model import SalmonnStudent
 
         self.recipe = recipe
@@ -133,6 +134,8 @@ class Trainer:
         self._fill_deepspeed_config()
         self.output_dir = Path(cfg.output_dir)
         self.student = SalmonnStudent.from_config(recipe.model, device=self.accelerator.device)
+        if cfg.encoder_memo_mb:
+            self.student.speech_memo = EncoderMemo(cfg.encoder_memo_mb * 2**20)
         if cfg.init_from:
             from distill.evaluate.runner import check_checkpoint
 

@@ -1,4 +1,4 @@
-"""``model.whisper.output_memo_mb``: a frozen encoder's outputs kept by content.
+"""``train.encoder_memo_mb``: a frozen encoder's outputs kept by content.
 
 References: the function called directly on the whole batch (what the memo must return), a count
 of the rows the function was given (what it must not recompute), byte sizes worked out by hand
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pydantic import ValidationError
 
+from distill.config import RecipeError, load_recipe
 from students import SalmonnStudent
 from students.encoder_memo import EncoderMemo, content_key
 
@@ -75,10 +75,10 @@ def test_an_output_larger_than_the_bound_is_not_kept():
 
 def test_student_with_a_memo_encodes_as_without(make_cfg, noise):
     torch.manual_seed(3)
-    cfg = make_cfg(qformer={"audio_tokens": "clip"},
-                   whisper={"pad_to_30s": False, "output_memo_mb": 64})
+    cfg = make_cfg(qformer={"audio_tokens": "clip"}, whisper={"pad_to_30s": False})
     student = SalmonnStudent.from_config(cfg).eval()
-    assert student.speech_memo is not None
+    assert student.speech_memo is None  # the trainer attaches one (train.encoder_memo_mb)
+    student.speech_memo = EncoderMemo(64 * 2**20)
     waves = [noise(1.0, 1), noise(2.5, 2), noise(1.0, 3)]
     again = [waves[1], noise(2.5, 4), waves[0]]
     with torch.no_grad():
@@ -92,6 +92,12 @@ def test_student_with_a_memo_encodes_as_without(make_cfg, noise):
     torch.testing.assert_close(remembered, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_a_trained_encoder_cannot_have_a_memo(make_cfg):
-    with pytest.raises(ValidationError, match="output_memo_mb needs freeze: true"):
-        make_cfg(whisper={"freeze": False, "output_memo_mb": 64})
+def test_a_trained_encoder_cannot_have_a_memo(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: x\nmodel:\n  whisper: {freeze: false}\n"
+                      "train:\n  encoder_memo_mb: 64\n")
+    with pytest.raises(RecipeError, match="train.encoder_memo_mb needs model.whisper.freeze: true"):
+        load_recipe(recipe)
+    recipe.write_text("name: x\ntrain:\n  encoder_memo_mb: 64\n")
+    assert load_recipe(recipe).train.encoder_memo_mb == 64
+

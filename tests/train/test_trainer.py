@@ -187,6 +187,24 @@ def test_accumulation_equals_the_big_batch(workspace, tmp_path):
         read_log(tmp_path / "small")[0]["loss"], rel=1e-5)
 
 
+def test_padding_free_with_the_encoder_memo_trains_as_the_padded_batch(workspace, tmp_path):
+    """Three steps of 4 over 8 clips: the third sees clips again, so the memo answers it (and
+    the final validation, whose 2 clips are training clips). The losses follow the padded
+    run's, and the saved student carries no memo."""
+    logs, hits = {}, {}
+    for name, extra in (("padded", {}), ("free", {"padding_free": True, "encoder_memo_mb": 16})):
+        fresh_accelerate_state()
+        torch.manual_seed(0)
+        trainer = Trainer(make_recipe(workspace, tmp_path / name, max_steps=3, **extra))
+        best = trainer.train()
+        logs[name] = [row["loss"] for row in read_log(tmp_path / name)]
+        memo = trainer.accelerator.unwrap_model(trainer.student).speech_memo
+        hits[name] = None if memo is None else memo.hits
+    assert logs["free"] == pytest.approx(logs["padded"], rel=1e-4)
+    assert hits == {"padded": None, "free": 4 + 2}  # step 3, then the 2 validation clips
+    assert "memo" not in (best / "student" / "student_config.json").read_text()
+
+
 def test_kd_weight_zero_is_plain_cross_entropy(workspace, tmp_path):
     recipe = make_recipe(workspace, tmp_path)
     recipe.loss.kd_weight = 0.0
