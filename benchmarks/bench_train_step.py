@@ -128,7 +128,8 @@ class Timed:
         trainer.accelerator.backward = timed_backward
         trainer.optimizer.step = timed_optimizer_step
         trainer.student.train()
-        self.per_step, self.totals, self.tokens = defaultdict(list), [], []
+        self.per_step, self.totals = defaultdict(list), []
+        self.tokens, self.padded = [], []
         self.batches = trainer._micro_batches()
 
     def replay(self, batches: int) -> None:
@@ -150,7 +151,9 @@ class Timed:
         total = time.perf_counter() - started
         if timed:
             self.totals.append(total)
-            self.tokens.append(micro[0].inputs["attention_mask"].sum().item())
+            mask = micro[0].inputs["attention_mask"]
+            self.tokens.append(mask.sum().item())
+            self.padded.append(mask.numel())
             for name in SECTIONS:
                 self.per_step[name].append(self.timer.current[name])
         return log
@@ -160,7 +163,8 @@ class Timed:
         medians["total"] = statistics.median(self.totals)
         medians["other"] = medians["total"] - sum(medians[name] for name in SECTIONS)
         return {"seconds": medians, "steps_per_s": 1 / medians["total"],
-                "sequence_tokens": statistics.median(self.tokens), "loss": log["loss"]}
+                "sequence_tokens": sum(self.tokens) / len(self.tokens),
+                "padded_tokens": sum(self.padded) / len(self.padded), "loss": log["loss"]}
 
 
 def time_steps(recipes: list, steps: int, warmup: int, replay: int = 0) -> list[dict]:
@@ -190,8 +194,9 @@ def render(results: list[tuple[str, dict]], command: str) -> str:
             cells.append(f"{value:.3f} ({100 * value / total:.0f} %)")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("| steps/s | " + " | ".join(f"{r['steps_per_s']:.3f}" for _, r in results) + " |")
-    lines.append("| LLM tokens per batch (attended) | "
-                 + " | ".join(f"{r['sequence_tokens']:.0f}" for _, r in results) + " |")
+    lines.append("| LLM tokens per batch, mean (real / padded to the longest) | "
+                 + " | ".join(f"{r['sequence_tokens']:.0f} / {r['padded_tokens']:.0f}"
+                              for _, r in results) + " |")
     return "\n".join(lines)
 
 
