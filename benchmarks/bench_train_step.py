@@ -61,7 +61,10 @@ def apply_overrides(recipe, assignments: list[str]):
         if not sep or last not in node:
             raise ValueError(f"{assignment}: expected KEY=VALUE with a recipe key, e.g. "
                              "train.batch_size=8")
-        node[last] = yaml.safe_load(value)
+        try:
+            node[last] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{assignment}: the value is not YAML ({err.problem})") from None
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:
@@ -200,6 +203,19 @@ def render(results: list[tuple[str, dict]], command: str) -> str:
     return "\n".join(lines)
 
 
+def split_assignments(configuration: str) -> list[str]:
+    """``a=1,b=[x, y]`` -> ``["a=1", "b=[x, y]"]``: commas inside brackets belong to a value."""
+    parts, depth, current = [], 0, ""
+    for char in configuration:
+        depth += (char in "[{") - (char in "]}")
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return [part for part in (*parts, current) if part]
+
+
 def main(argv=None) -> None:
     import sys
 
@@ -221,7 +237,7 @@ def main(argv=None) -> None:
     configurations = args.compare or [""]
     try:
         base = apply_overrides(load_recipe(args.recipe), args.set)
-        recipes = [apply_overrides(copy.deepcopy(base), [part for part in config.split(",") if part])
+        recipes = [apply_overrides(copy.deepcopy(base), split_assignments(config))
                    for config in configurations]
     except ValueError as err:
         parser.error(str(err))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from distill.schema import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, Strict
 
@@ -24,7 +24,19 @@ class TeacherServerConfig(Strict):
     max_model_len: PositiveInt | None = None
     tensor_parallel_size: PositiveInt = 1
     extra_args: list[str] = Field(default_factory=list)
+    # Environment variables for the server process alone (vLLM reads many settings only from
+    # there, e.g. VLLM_CPU_NUM_OF_RESERVED_CPU); a variable already set in the environment wins.
+    env: dict[str, str] = Field(default_factory=dict)
     startup_timeout_s: PositiveFloat = 900
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _numbers_as_text(cls, env):
+        """``VLLM_CPU_KVCACHE_SPACE: 4`` in YAML is a number; the environment holds text."""
+        if isinstance(env, dict):
+            return {name: str(value) if isinstance(value, int | float) and not isinstance(value, bool)
+                    else value for name, value in env.items()}
+        return env
 
 
 class TeacherPromptConfig(Strict):

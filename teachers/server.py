@@ -19,6 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from distill.errors import DistillFailure
@@ -116,6 +117,21 @@ def server_command(teacher, host: str, port: int) -> list[str]:
     return command + list(server.extra_args)
 
 
+def server_env(teacher, environ: Mapping[str, str]) -> dict[str, str]:
+    """The server process's environment: ``environ`` plus the recipe's ``teacher.server.env``
+    (where ``environ`` does not already set a variable), ``HF_HUB_OFFLINE=1`` for a local model,
+    and ``VLLM_API_KEY`` from ``teacher.api_key_env`` so that the server asks for that key."""
+    env = dict(environ)
+    for name, value in teacher.server.env.items():
+        env.setdefault(name, value)
+    if Path(teacher.model).exists():
+        env.setdefault("HF_HUB_OFFLINE", "1")  # a local model needs no hub
+    key_env = teacher.api_key_env
+    if key_env and env.get(key_env):
+        env["VLLM_API_KEY"] = env[key_env]  # the server then requires the same key
+    return env
+
+
 def log_tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -159,12 +175,7 @@ class VLLMServer:
         return self._command
 
     def start(self) -> None:
-        env = dict(os.environ if self.env is None else self.env)
-        if Path(self.teacher.model).exists():
-            env.setdefault("HF_HUB_OFFLINE", "1")  # a local model needs no hub
-        key_env = self.teacher.api_key_env
-        if key_env and env.get(key_env):
-            env["VLLM_API_KEY"] = env[key_env]  # the server then requires the same key
+        env = server_env(self.teacher, os.environ if self.env is None else self.env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             try:

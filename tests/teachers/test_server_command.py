@@ -2,9 +2,12 @@
 
 import ast
 
+import pytest
+from pydantic import ValidationError
+
 from teachers.backends.vllm_server import READ_PREFIX_CACHE
 from teachers.config import TeacherConfig, TeacherServerConfig
-from teachers.server import LAUNCHER, server_command
+from teachers.server import LAUNCHER, server_command, server_env
 
 
 def teacher(**server) -> TeacherConfig:
@@ -40,3 +43,19 @@ def test_the_launcher_and_the_client_name_the_same_request_key():
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
     }
     assert set(READ_PREFIX_CACHE) == {constants["READ_PREFIX_CACHE"]}
+
+
+def test_the_recipes_env_reaches_the_server_and_the_callers_environment_wins(tmp_path):
+    config = TeacherConfig(model=str(tmp_path), api_key_env="MY_KEY", server=TeacherServerConfig(
+        env={"VLLM_CPU_NUM_OF_RESERVED_CPU": 0, "VLLM_CPU_KVCACHE_SPACE": "4"}))  # 0: YAML's int
+    env = server_env(config, {"VLLM_CPU_KVCACHE_SPACE": "1", "MY_KEY": "s3cret", "PATH": "/bin"})
+    assert env == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
+                   "MY_KEY": "s3cret", "VLLM_API_KEY": "s3cret", "PATH": "/bin",
+                   "HF_HUB_OFFLINE": "1"}  # tmp_path exists: a local model needs no hub
+    hub = server_env(TeacherConfig(model="org/not-a-folder", api_key_env=None), {})
+    assert hub == {}
+
+
+def test_an_env_value_that_is_not_text_or_a_number_is_refused():
+    with pytest.raises(ValidationError, match="env.FLAG"):
+        TeacherServerConfig(env={"FLAG": True})
