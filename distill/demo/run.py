@@ -414,7 +414,7 @@ def summary_lines(result: DemoResult, recipe_path: Path) -> list[str]:
         "sentences and synthetic\nsounds. A WER below the anchor's means it learned to listen "
         "to these voices; one sentence for\nevery clip (a WER of 60-70 %) means it learned only "
         "the form of the answers. The WER is one\ndraw: the seed and the thread count change it "
-        "(the default recipe gave 0.0-18.6 % over six\nseeds, median 1.25 %; "
+        "(the default recipe gave 0.0-11.7 % over six\nseeds, median 0.8 %; "
         "BENCHMARKS.md lists them). BEATs is off: no BEATs weights are\nreachable offline and "
         "random ones add only noise and CPU time. Published LibriSpeech / AudioCaps\nfigures "
         "come from other audio and other devices, so the report leaves them out here.",
