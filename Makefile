@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .PHONY: demo test lint bench-losses venv
 
-# The demo's teacher is a vLLM server: its venv is built once (about 1.5 min, 3.4 GB) and cached.
+# The demo's teacher is a vLLM server: its venv is built once (1.2-2.4 min, 3.4 GB) and cached.
 # Where it cannot be built, the demo says so and scores with the transformers backend instead.
 demo:
 	@venv=$$(bash scripts/ensure-venv.sh) && export PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" && \

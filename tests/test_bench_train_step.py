@@ -26,6 +26,15 @@ def test_overrides_set_nested_values_and_leave_the_rest(bench):
     assert recipe.train.optimizer.lr == 1.0e-3  # the input is not modified
 
 
+def test_a_compare_configuration_keeps_the_commas_of_its_list_values(bench):
+    assert bench.split_assignments("a.b=1,c.d=[q_proj, v_proj],e={x: 1, y: 2},") == [
+        "a.b=1", "c.d=[q_proj, v_proj]", "e={x: 1, y: 2}"]
+    recipe = bench.apply_overrides(load_recipe(ROOT / "recipes" / "demo.yaml"), bench.split_assignments(
+        "model.llm.lora.dropout=0.05,model.llm.lora.target_modules=[q_proj,k_proj,v_proj]"))
+    assert recipe.model.llm.lora.target_modules == ["q_proj", "k_proj", "v_proj"]
+    assert recipe.model.llm.lora.dropout == 0.05
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["--set", "train.no_such_key=1"],
      "train.no_such_key=1: expected KEY=VALUE with a recipe key, e.g. train.batch_size=8"),
@@ -34,6 +43,9 @@ def test_overrides_set_nested_values_and_leave_the_rest(bench):
     (["--set", "train.batch_size.x=1"], "train.batch_size.x=1: the recipe has no section train.batch_size"),
     (["--set", "train.batch_size=many"], "train.batch_size=many: train.batch_size: Input should be a "
                                          "valid integer, unable to parse string as an integer"),
+    (["--set", "model.llm.lora.target_modules=[q_proj"],
+     "model.llm.lora.target_modules=[q_proj: the value is not YAML (expected ',' or ']', but got "
+     "'<stream end>')"),
     (["--compare", "train.precision=fp32", "train.precision=bf16"],
      "--compare: train.precision differs (bf16, fp32); accelerate sets the mixed precision once "
      "per process: time each in its own command"),

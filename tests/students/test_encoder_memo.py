@@ -100,4 +100,3 @@ def test_a_trained_encoder_cannot_have_a_memo(tmp_path):
         load_recipe(recipe)
     recipe.write_text("name: x\ntrain:\n  encoder_memo_mb: 64\n")
     assert load_recipe(recipe).train.encoder_memo_mb == 64
-
